@@ -1,0 +1,60 @@
+"""The `ngraphics` command line. Each verb is a thin program in `ngraphics.apps` with two functions:
+`add_arguments(parser)` and `run(args) -> int`. User mistakes (`NgraphicsError`) print one line, no trace."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ngraphics.errors import NgraphicsError
+
+# verb -> (module in ngraphics.apps, one-line help). Literal table: what you see is what exists.
+VERBS: dict[str, tuple[str, str]] = {
+    "fit-image": ("fit_image", "fit an encoding + MLP to an image (instant-ngp's image demo)"),
+    "profile": ("profile", "time the encoding and MLP kernels on cpu or cuda"),
+    "train": ("train", "train a scene from a YAML config (default: the built-in procedural scene)"),
+    "eval": ("evaluate", "test-set metrics and images of a run folder"),
+    "render": ("render", "render a run along a camera path to MP4 or PNGs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ngraphics", description="Neural graphics: encodings, NeRF, surfaces, splats.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module, help_text) in VERBS.items():
+        app = importlib.import_module(f"ngraphics.apps.{module}")
+        p = sub.add_parser(verb, help=help_text, description=(app.__doc__ or help_text).strip().splitlines()[0])
+        app.add_arguments(p)
+        p.set_defaults(_app=app)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ngraphics {version('ngraphics')}"
+    except PackageNotFoundError:
+        return "ngraphics (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._app.run(args) or 0)
+    except NgraphicsError as err:
+        print(f"ngraphics {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ngraphics {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

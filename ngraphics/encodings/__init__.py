@@ -1,0 +1,61 @@
+"""Input encodings with tiny-cuda-nn's names, keys and defaults.
+
+`create_encoding(n_input_dims, {"otype": "HashGrid", ...})` builds any of them; `ENCODINGS` is the one
+name -> class table (tiny-cuda-nn matches `otype` case-insensitively, and so do we).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ngraphics.encodings.base import Encoding
+from ngraphics.encodings.composite import Composite
+from ngraphics.encodings.frequency import Frequency, TriangleWave
+from ngraphics.encodings.grid import DenseGrid, Grid, HashGrid, TiledGrid
+from ngraphics.encodings.identity import Identity
+from ngraphics.encodings.oneblob import OneBlob
+from ngraphics.encodings.simplex import Simplex
+from ngraphics.encodings.spherical_harmonics import SphericalHarmonics
+from ngraphics.errors import ConfigError, choice_message
+
+ENCODINGS: dict[str, type[Encoding]] = {
+    "HashGrid": HashGrid,
+    "DenseGrid": DenseGrid,
+    "TiledGrid": TiledGrid,
+    "Grid": Grid,
+    "Simplex": Simplex,
+    "Frequency": Frequency,
+    "TriangleWave": TriangleWave,
+    "OneBlob": OneBlob,
+    "SphericalHarmonics": SphericalHarmonics,
+    "Identity": Identity,
+    "Composite": Composite,
+}
+
+
+def encoding_class(otype: Any, where: str = "encoding.otype") -> type[Encoding]:
+    """Look up an encoding class by tiny-cuda-nn `otype` (case-insensitive)."""
+    by_lower = {name.lower(): cls for name, cls in ENCODINGS.items()}
+    if not isinstance(otype, str) or otype.lower() not in by_lower:
+        raise ConfigError(choice_message(where, otype, ENCODINGS))
+    return by_lower[otype.lower()]
+
+
+def create_encoding(
+    n_input_dims: int, config: dict, *, backend: str = "auto", strict: bool = True, where: str = "encoding"
+) -> Encoding:
+    """Build the encoding described by a tiny-cuda-nn style dict (`otype` plus that encoding's keys).
+
+    Args:
+        n_input_dims: D, the input dimension.
+        config: e.g. `{"otype": "HashGrid", "n_levels": 16}`; missing keys take tiny-cuda-nn's defaults.
+        backend: `auto | torch | triton`.
+        strict: unknown keys are errors (True) or collected in `encoding.unknown_keys` (False).
+    """
+    if not isinstance(config, dict) or "otype" not in config:
+        raise ConfigError(f"{where}: needs an otype key, one of {', '.join(ENCODINGS)}")
+    cls = encoding_class(config["otype"], f"{where}.otype")
+    return cls(n_input_dims, config, backend=backend, strict=strict)
+
+
+__all__ = ["ENCODINGS", "Encoding", "create_encoding", "encoding_class", *ENCODINGS]

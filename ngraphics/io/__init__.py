@@ -1,0 +1,1 @@
+"""Files: atomic writes, run folders, image reading and writing."""

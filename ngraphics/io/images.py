@@ -1,0 +1,243 @@
+"""Read and write images as float32 arrays `(H, W, C)`.
+
+LDR files (PNG 8/16 bit, JPG, BMP, TIFF …) come back as their stored values scaled to [0, 1] (sRGB-encoded
+for ordinary photos: no conversion is applied); EXR and HDR files come back as the linear values they hold.
+Greyscale stays one channel, channel order is R, G, B(, A). Writers go through `atomic_path`, so a crash never
+leaves a half-written file. A missing or unreadable file raises `DataError` naming the path.
+
+    img = read_image("photo.jpg")           # (H, W, 3) float32 in [0, 1]
+    write_image("out.png", img)             # 8-bit PNG
+    write_exr("out.exr", srgb_to_linear(img))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ngraphics.errors import DataError
+from ngraphics.io.atomic import atomic_path
+
+LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+HDR_SUFFIXES = (".exr", ".hdr")
+IMAGE_SUFFIXES = LDR_SUFFIXES + HDR_SUFFIXES
+
+
+# --- sRGB transfer function (IEC 61966-2-1), for numpy arrays and torch tensors ---------------------------
+
+def srgb_to_linear(x):
+    """sRGB-encoded values -> linear. x: array or tensor, any shape, nominally in [0, 1]; negatives map to
+    negatives (the linear segment), values above 1 follow the power curve."""
+    if isinstance(x, torch.Tensor):
+        return torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
+    x = np.asarray(x)
+    return np.where(x <= 0.04045, x / 12.92, ((np.maximum(x, 0.04045) + 0.055) / 1.055) ** 2.4).astype(
+        x.dtype if x.dtype.kind == "f" else np.float32
+    )
+
+
+def linear_to_srgb(x):
+    """Linear values -> sRGB-encoded. x: array or tensor, any shape; the inverse of `srgb_to_linear`."""
+    if isinstance(x, torch.Tensor):
+        return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+    x = np.asarray(x)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055).astype(
+        x.dtype if x.dtype.kind == "f" else np.float32
+    )
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file.
+
+    Args:
+        path: PNG (8 or 16 bit), JPG, BMP, TIFF, WebP, EXR or Radiance HDR.
+    Returns:
+        (H, W, C) float32, C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA). LDR values are the stored
+        code values / (2^bits - 1), in [0, 1]; EXR/HDR values are linear and unbounded.
+    Raises:
+        DataError naming the path when the file is missing, not an image, or corrupt.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(f"{path}: not a supported image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    if suffix == ".exr":
+        return read_exr(path)
+    return _read_with_opencv(path)
+
+
+def _read_with_opencv(path: Path) -> np.ndarray:
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read image ({err.strerror or err})") from None
+    old = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        # ANYDEPTH keeps 16-bit and float data, ANYCOLOR keeps greyscale as one channel; UNCHANGED keeps alpha.
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    finally:
+        cv2.utils.logging.setLogLevel(old)
+    if img is None:
+        raise DataError(f"{path}: cannot decode image (corrupt or not a {path.suffix.lower()[1:].upper()} file)")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 3:
+        img = img[:, :, ::-1]  # BGR -> RGB
+    elif img.shape[2] == 4:
+        img = img[:, :, [2, 1, 0, 3]]  # BGRA -> RGBA
+    if img.dtype == np.uint8:
+        out = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        out = img.astype(np.float32) / 65535.0
+    elif img.dtype.kind == "f":
+        out = img.astype(np.float32)
+    else:
+        raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8/16-bit integers or float)")
+    return np.ascontiguousarray(out)
+
+
+def read_exr(path: str | Path) -> np.ndarray:
+    """Read an OpenEXR file (any compression, half or float) into (H, W, C) float32 linear values.
+
+    Channels R, G, B, A (any subset with R, G, B) become RGB(A); Y (and YA) become grey(+alpha); any other
+    channel set is returned in name order. Layers (`layer.R`) use the first layer's RGB(A).
+    """
+    import OpenEXR
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    except Exception as err:  # the bindings raise plain exceptions for corrupt files
+        raise DataError(f"{path}: cannot read EXR ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    names = list(channels)
+    order = _exr_channel_order(names)
+    if not order:
+        raise DataError(f"{path}: EXR file has no channels")
+    planes = [np.asarray(channels[n].pixels, dtype=np.float32) for n in order]
+    if len({p.shape for p in planes}) != 1:
+        raise DataError(f"{path}: EXR channels have different sizes (subsampled channels are not supported)")
+    return np.ascontiguousarray(np.stack(planes, axis=-1))
+
+
+def _exr_channel_order(names: list[str]) -> list[str]:
+    """Which EXR channels to read, in output order."""
+    by_short: dict[str, str] = {}
+    for name in sorted(names):  # first layer wins, e.g. "diffuse.R" before "specular.R"
+        by_short.setdefault(name.rsplit(".", 1)[-1].upper(), name)
+    for combo in (("R", "G", "B", "A"), ("R", "G", "B"), ("Y", "A"), ("Y",)):
+        if all(c in by_short for c in combo):
+            return [by_short[c] for c in combo]
+    return sorted(names)
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+def write_image(path: str | Path, img, *, bit_depth: int = 8, quality: int = 95) -> None:
+    """Write an LDR image (PNG, JPG, …) atomically; values are clipped to [0, 1] and quantised.
+
+    Args:
+        path: target file; the suffix picks the format. `.exr` is routed to `write_exr`.
+        img: (H, W, C) or (H, W) array/tensor, C in {1, 2, 3, 4}, values in [0, 1] (stored as given: pass
+            sRGB-encoded values for an ordinary-looking PNG).
+        bit_depth: 8, or 16 for PNG/TIFF.
+        quality: JPEG quality (0-100).
+    """
+    import cv2
+
+    path = Path(path)
+    img = _as_hwc(img, path)
+    if path.suffix.lower() == ".exr":
+        write_exr(path, img)
+        return
+    if path.suffix.lower() not in LDR_SUFFIXES:
+        raise DataError(f"{path}: cannot write this image type (expected one of {', '.join(LDR_SUFFIXES)} or .exr)")
+    if bit_depth not in (8, 16):
+        raise DataError(f"{path}: bit_depth must be 8 or 16, got {bit_depth}")
+    scale = 255.0 if bit_depth == 8 else 65535.0
+    q = np.round(np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0) * scale).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    if q.shape[2] == 3:
+        q = q[:, :, ::-1]
+    elif q.shape[2] == 4:
+        q = q[:, :, [2, 1, 0, 3]]
+    elif q.shape[2] == 2:  # grey + alpha: OpenCV has no such layout, write BGRA
+        q = np.concatenate([q[:, :, :1]] * 3 + [q[:, :, 1:]], axis=2)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(q), params):
+            raise DataError(f"{path}: could not write image")
+        _usual_permissions(tmp)
+
+
+def write_exr(path: str | Path, img, *, half: bool = False) -> None:
+    """Write a linear float image to OpenEXR (ZIP compression) atomically.
+
+    Args:
+        img: (H, W, C) or (H, W) float array/tensor; C = 1 -> Y, 2 -> YA, 3 -> RGB, 4 -> RGBA.
+        half: store 16-bit half floats instead of 32-bit floats.
+    """
+    import OpenEXR
+
+    path = Path(path)
+    img = _as_hwc(img, path).astype(np.float16 if half else np.float32)
+    names = {1: "Y", 2: "YA", 3: "RGB", 4: "RGBA"}.get(img.shape[2])
+    if names is None:
+        raise DataError(f"{path}: cannot write {img.shape[2]} channels to EXR (expected 1 to 4)")
+    channels = {name: np.ascontiguousarray(img[:, :, i]) for i, name in enumerate(names)}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with atomic_path(path) as tmp:
+        with OpenEXR.File(header, channels) as f:
+            f.write(str(tmp))
+        _usual_permissions(tmp)
+
+
+def _usual_permissions(path: Path) -> None:
+    """Temporary files are created 0600; give the result the permissions a plain `open` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _as_hwc(img, path: Path) -> np.ndarray:
+    if isinstance(img, torch.Tensor):
+        img = img.detach().float().cpu().numpy()
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4) or img.shape[0] == 0 or img.shape[1] == 0:
+        raise DataError(f"{path}: image to write must be (H, W) or (H, W, 1..4), got {img.shape}")
+    return img
+
+
+# --- resizing ------------------------------------------------------------------------------------------------
+
+def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so that the longer side is at most `max_side` (area averaging); never enlarges.
+
+    img: (H, W, C) float32. Returns (H', W', C) float32; `max_side <= 0` returns `img` unchanged."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return img
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    out = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return out.reshape(size[1], size[0], img.shape[2]).astype(np.float32)
+
+
+__all__ = [
+    "read_image", "read_exr", "write_image", "write_exr", "srgb_to_linear", "linear_to_srgb", "downscale",
+    "IMAGE_SUFFIXES",
+]

@@ -1,0 +1,166 @@
+"""Image IO: round trips against independent writers/readers (imageio, OpenEXR, a hand-written PNG encoder)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import imageio.v3 as iio
+import numpy as np
+import OpenEXR
+import pytest
+import torch
+from conftest import need_data
+
+from ngraphics.errors import DataError
+from ngraphics.io.images import downscale, linear_to_srgb, read_image, srgb_to_linear, write_exr, write_image
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    """Minimal PNG encoder (filter 0, one IDAT), independent of every library under test.
+    arr: (H, W) or (H, W, 3|4) uint8 or uint16."""
+    arr = np.ascontiguousarray(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    h, w, c = arr.shape
+    depth = 16 if arr.dtype == np.uint16 else 8
+    colour = {1: 0, 3: 2, 4: 6}[c]
+    rows = arr.astype(">u2" if depth == 16 else np.uint8).reshape(h, -1).view(np.uint8).reshape(h, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_png_8bit_rgb_matches_imageio(tmp_path, rng):
+    arr = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "a.png", arr)
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (13, 17, 3) and img.dtype == np.float32
+    np.testing.assert_array_equal(img, iio.imread(tmp_path / "a.png").astype(np.float32) / 255)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_16bit_from_hand_encoder(tmp_path, rng, channels):
+    arr = rng.integers(0, 65536, (9, 11, channels), dtype=np.uint16)
+    (tmp_path / "b.png").write_bytes(_png_bytes(arr))
+    img = read_image(tmp_path / "b.png")
+    np.testing.assert_array_equal(img, arr.astype(np.float32) / 65535)
+
+
+def test_png_16bit_write_round_trip(tmp_path, rng):
+    x = rng.random((6, 5, 3)).astype(np.float32)
+    write_image(tmp_path / "c.png", x, bit_depth=16)
+    np.testing.assert_allclose(read_image(tmp_path / "c.png"), x, atol=0.5 / 65535 + 1e-7)
+    grey = rng.random((6, 5)).astype(np.float32)
+    write_image(tmp_path / "g.png", grey, bit_depth=16)
+    ref = iio.imread(tmp_path / "g.png")  # Pillow reads 16-bit greyscale exactly
+    np.testing.assert_array_equal(ref, np.round(grey * 65535).astype(np.uint16))
+
+
+def test_png_8bit_write_read_by_imageio(tmp_path, rng):
+    x = rng.random((4, 7, 4)).astype(np.float32)
+    write_image(tmp_path / "d.png", x)
+    np.testing.assert_array_equal(iio.imread(tmp_path / "d.png"), np.round(x * 255).astype(np.uint8))
+
+
+def test_jpg_greyscale_stays_one_channel(tmp_path, rng):
+    grey = rng.integers(0, 256, (21, 30), dtype=np.uint8)
+    iio.imwrite(tmp_path / "e.jpg", grey)
+    img = read_image(tmp_path / "e.jpg")
+    assert img.shape == (21, 30, 1)
+    ref = iio.imread(tmp_path / "e.jpg").astype(np.float32) / 255
+    assert np.abs(img[:, :, 0] - ref).max() <= 1 / 255 + 1e-6
+
+
+def test_exr_written_by_openexr(tmp_path, rng):
+    rgba = rng.normal(size=(8, 10, 4)).astype(np.float32) * 3  # linear, unbounded, negatives allowed
+    channels = {n: np.ascontiguousarray(rgba[:, :, i]) for i, n in enumerate("RGBA")}
+    with OpenEXR.File({"compression": OpenEXR.PIZ_COMPRESSION, "type": OpenEXR.scanlineimage}, channels) as f:
+        f.write(str(tmp_path / "f.exr"))
+    np.testing.assert_array_equal(read_image(tmp_path / "f.exr"), rgba)
+    y = rng.random((5, 6)).astype(np.float16)
+    with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"Y": y}) as f:
+        f.write(str(tmp_path / "y.exr"))
+    img = read_image(tmp_path / "y.exr")
+    assert img.shape == (5, 6, 1) and img.dtype == np.float32
+    np.testing.assert_array_equal(img[:, :, 0], y.astype(np.float32))
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_write_exr_read_by_openexr(tmp_path, rng, half):
+    x = torch.from_numpy(rng.random((7, 3, 3)).astype(np.float32) * 10)
+    write_exr(tmp_path / "g.exr", x, half=half)
+    ch = OpenEXR.File(str(tmp_path / "g.exr"), separate_channels=True).channels()
+    assert sorted(ch) == ["B", "G", "R"]
+    got = np.stack([ch[n].pixels.astype(np.float32) for n in "RGB"], axis=-1)
+    ref = x.numpy().astype(np.float16).astype(np.float32) if half else x.numpy()
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_shared_albert_exr():
+    path = need_data("images", "albert.exr")
+    img = read_image(path)
+    ref = OpenEXR.File(str(path)).channels()["RGBA"].pixels  # the bindings' own RGBA grouping
+    assert img.shape == (1024, 1024, 4)
+    np.testing.assert_array_equal(img, ref)
+
+
+def test_shared_albert_jpg():
+    path = need_data("images", "albert.jpg")
+    img = read_image(path)
+    assert img.shape == (4333, 3250, 1)
+    ref = iio.imread(path)
+    assert ref.shape == (4333, 3250)
+    assert np.abs(img[:, :, 0] * 255 - ref).max() <= 1.0 + 1e-3
+
+
+def test_missing_and_corrupt_images_name_the_path(tmp_path):
+    for name in ("missing.png", "missing.exr"):
+        with pytest.raises(DataError, match=f"{name}.*not found"):
+            read_image(tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    (tmp_path / "bad.exr").write_bytes(b"v/1\x01" + b"\x00" * 50)
+    for name in ("bad.png", "bad.jpg", "bad.exr"):
+        with pytest.raises(DataError) as err:
+            read_image(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DataError, match="not a supported image type"):
+        read_image(tmp_path / "notes.txt")
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    write_image(tmp_path / "h.png", np.full((2, 2, 3), 0.5, np.float32))
+    before = (tmp_path / "h.png").read_bytes()
+    with pytest.raises(DataError, match="h.png"):
+        write_image(tmp_path / "h.png", np.zeros((2, 2, 7), np.float32))
+    assert (tmp_path / "h.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png"]
+
+
+def test_srgb_transfer_against_formula():
+    x = np.linspace(-0.1, 1.2, 1001)
+    ref = np.array([v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in x])
+    np.testing.assert_allclose(srgb_to_linear(x), ref, rtol=1e-12)
+    np.testing.assert_allclose(srgb_to_linear(torch.from_numpy(x)).numpy(), ref, rtol=1e-12)
+    assert abs(srgb_to_linear(0.5) - 0.21404114048223255) < 1e-12  # published sRGB value
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-12)
+    t = torch.rand(100, dtype=torch.float64)
+    torch.testing.assert_close(srgb_to_linear(linear_to_srgb(t)), t)
+
+
+def test_downscale_is_area_average(rng):
+    img = rng.random((8, 12, 3)).astype(np.float32)
+    out = downscale(img, 6)
+    ref = img.reshape(4, 2, 6, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert downscale(img, 0) is img and downscale(img, 100) is img

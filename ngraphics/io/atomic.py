@@ -22,6 +22,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _plain_permissions(tmp)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -64,6 +65,7 @@ def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
         os.close(fd)
+        _plain_permissions(tmp)
         try:
             yield Path(tmp)
             os.replace(tmp, target)
@@ -73,3 +75,10 @@ def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
             raise
 
     return manager()
+
+
+def _plain_permissions(path: str | Path) -> None:
+    """mkstemp creates files 0600; give them the mode a plain `open` would (0666 minus the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

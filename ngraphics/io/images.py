@@ -12,7 +12,6 @@ leaves a half-written file. A missing or unreadable file raises `DataError` nami
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +176,6 @@ def write_image(path: str | Path, img, *, bit_depth: int = 8, quality: int = 95)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(q), params):
             raise DataError(f"{path}: could not write image")
-        _usual_permissions(tmp)
 
 
 def write_exr(path: str | Path, img, *, half: bool = False) -> None:
@@ -199,14 +197,7 @@ def write_exr(path: str | Path, img, *, half: bool = False) -> None:
     with atomic_path(path) as tmp:
         with OpenEXR.File(header, channels) as f:
             f.write(str(tmp))
-        _usual_permissions(tmp)
 
-
-def _usual_permissions(path: Path) -> None:
-    """Temporary files are created 0600; give the result the permissions a plain `open` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _as_hwc(img, path: Path) -> np.ndarray:

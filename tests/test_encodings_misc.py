@@ -257,7 +257,7 @@ def test_composite_dims_to_encode_begin_and_padding():
     torch.testing.assert_close(out[:, 10:], simplex(x[:, 1:3]))
 
 
-@pytest.mark.parametrize("reduction", ["Sum", "Product"])
+@pytest.mark.parametrize("reduction", ["Sum", "product"])  # tcnn matches the name case-insensitively
 def test_composite_reductions(reduction):
     cfg = {
         "otype": "Composite",
@@ -272,6 +272,7 @@ def test_composite_reductions(reduction):
     a, b = Frequency(1, {"n_frequencies": 3})(x[:, :1]), Frequency(1, {"n_frequencies": 3})(x[:, 1:])
     assert enc.n_output_dims == 6
     torch.testing.assert_close(enc(x), a + b if reduction == "Sum" else a * b)
+    assert enc.config.reduction == reduction.capitalize()
 
 
 @pytest.mark.parametrize(
@@ -291,6 +292,11 @@ def test_composite_config_errors(nested, match):
     with pytest.raises(ConfigError, match=match) as err:
         Composite(3, {"nested": nested})
     assert "\n" not in str(err.value)
+
+
+def test_composite_unknown_reduction():
+    with pytest.raises(ConfigError, match="did you mean Sum"):
+        Composite(1, {"nested": [{"otype": "Identity"}], "reduction": "Summ"})
 
 
 def test_composite_sum_needs_equal_widths():

@@ -19,23 +19,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from ngraphics.encodings.base import Encoding
-from ngraphics.errors import ConfigError
+from ngraphics.errors import ConfigError, choice_message
 
 GRID_LIKE = ("HashGrid", "DenseGrid", "TiledGrid", "Grid", "Simplex")
+REDUCTIONS = ("Concatenation", "Sum", "Product")
 
 
 @dataclass(frozen=True)
 class CompositeConfig:
     nested: tuple[dict, ...] = ()
-    reduction: Literal["Concatenation", "Sum", "Product"] = "Concatenation"
+    reduction: str = "Concatenation"  # or Sum, Product; case-insensitive like tcnn
 
     def validate(self, where: str) -> None:
+        canonical = {r.lower(): r for r in REDUCTIONS}.get(self.reduction.lower())
+        if canonical is None:
+            raise ConfigError(choice_message(f"{where}.reduction", self.reduction, REDUCTIONS))
+        object.__setattr__(self, "reduction", canonical)
         if not self.nested:
             raise ConfigError(f"{where}.nested: needs a list of encodings, e.g. [{{otype: Frequency}}]")
 

@@ -1,6 +1,7 @@
 """Reading and resizing images for datasets: one clear `DataError` per bad file, area downscaling.
 
-Images stay in their file's precision while they are processed (uint8 for 8-bit PNG/JPEG, float32 for 16-bit
+8-bit files are decoded here (not with `ngraphics.io.images.read_image`, which returns float32) because
+images stay in their file's precision while they are processed (uint8 for 8-bit PNG/JPEG, float32 for 16-bit
 PNG and EXR); `to_tensor` turns them into float32 in [0, 1] at the end. Keeping 8-bit data as uint8 makes the
 on-disk cache small and the cached and freshly decoded results bit-identical.
 """
@@ -79,19 +80,17 @@ def read_image(path: str | Path, where: str | None = None) -> np.ndarray:
 
 
 def _read_exr(path: Path, where: str | None) -> np.ndarray:
-    import OpenEXR
+    from ngraphics.io.images import read_exr  # float32 linear (H, W, C), DataError on a bad file
 
     try:
-        with OpenEXR.File(str(path), separate_channels=True) as f:
-            channels = {name: c.pixels for name, c in f.channels().items()}
-    except Exception as e:
-        raise DataError(f"{_where(path, where)}: cannot read EXR ({type(e).__name__}: {e})") from None
-    names = [n for n in ("R", "G", "B", "A") if n in channels]
-    if not names and "Y" in channels:
-        names = ["Y"]
-    if not names:
-        raise DataError(f"{_where(path, where)}: EXR has no R/G/B/A or Y channels (has {sorted(channels)})")
-    return np.stack([channels[n].astype(np.float32) for n in names], axis=-1)
+        image = read_exr(path)
+    except DataError as e:
+        raise DataError(f"{where}: {e}" if where else str(e)) from None
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 2:  # grey + alpha
+        image = image[:, :, [0, 0, 0, 1]]
+    return np.ascontiguousarray(image, dtype=np.float32)
 
 
 def to_rgb_or_rgba(image: np.ndarray, path: str | Path) -> np.ndarray:

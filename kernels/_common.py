@@ -1,0 +1,275 @@
+"""Shared pieces of the grid and simplex kernels: table-row helpers (hash / dense stride index) and the
+autograd pair that gives both encodings a backward and a double backward.
+
+Interpolating encodings share one shape: per level, K vertices with weights `w_k(x)` read F features at rows
+`row_k(x)` of the level's table, and `out_l = sum_k w_k(x) table[row_k]`. Derivatives:
+
+    d out / d table[row_k]  = w_k                       (linear in the table: d2 out / d table2 = 0)
+    d out / d x             = sum_k (d w_k / d x) table[row_k]
+    d2 out / d x d table    = d w_k / d x
+    d2 out / d x2           = sum_k (d2 w_k / d x2) table[row_k]   (grid: off-diagonal and Smoothstep terms)
+
+`EncodeFn` (forward) saves x and the table; its backward is `EncodeBackwardFn`, an autograd.Function whose
+own backward runs the double-backward kernel (tiny-cuda-nn's `backward_backward_input`). Each encoding
+supplies an "ops" object with three launchers: `forward`, `backward`, `backward_backward` (see `EncodeOps`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------------------------
+# Device helpers (inlined into the kernels)
+
+
+@triton.jit
+def _u32_terms(cell, factor):
+    """(cell * factor, (cell + 1) * factor) in uint32: one dim's contribution to the lower / upper vertex
+    (factor: hash prime or dense stride). (c + 1) * f == c * f + f mod 2^32, so the upper term is one add."""
+    lo = cell * factor
+    return lo, lo + factor
+
+
+@triton.jit
+def _fold_terms(terms, HASHED: tl.constexpr):
+    """Dense index (sum, uint32 wrap) or coherent prime hash (xor) of per-dim terms."""
+    idx = terms[0]
+    for d in tl.static_range(1, len(terms)):
+        if HASHED:
+            idx = idx ^ terms[d]
+        else:
+            idx = idx + terms[d]
+    return idx
+
+
+@triton.jit
+def _level_row(idx, HASHED: tl.constexpr, size, off):
+    """Table entry of level index `idx` (uint32): `idx % size + off`, int64 (off * F can pass 2^31). Hashed
+    levels have power-of-two sizes, so their `%` is a mask; dense levels pay one uint32 remainder. Every
+    idx gives a valid entry, so gathers need no mask."""
+    if HASHED:
+        idx = idx & (size - 1)
+    else:
+        idx = idx % size
+    return idx.to(tl.int64) + off
+
+
+@triton.jit
+def _level_meta(meta_ptr, level, D: tl.constexpr):
+    """Row `level` of an int64 (L, 4 + D) level table: [offset, size, hashed, scale bits, factor_0..D-1]
+    -> (scale fp32, offset int64, size uint32, hashed bool, factors tuple of uint32). Uniform loads."""
+    base = meta_ptr + level * (4 + D)
+    off = tl.load(base)
+    size = tl.load(base + 1).to(tl.uint32)
+    hashed = tl.load(base + 2) != 0
+    scale = tl.load(base + 3).to(tl.int32).to(tl.float32, bitcast=True)
+    factors = ()
+    for d in tl.static_range(D):
+        factors = factors + (tl.load(base + 4 + d).to(tl.uint32),)
+    return scale, off, size, hashed, factors
+
+
+def level_table(offsets, sizes, hashed, scales, factors, device) -> torch.Tensor:
+    """The int64 (L, 4 + D) table `_level_meta` reads; scales go in as their float32 bit patterns."""
+    import numpy as np
+
+    rows = []
+    for level, scale in enumerate(scales):
+        bits = int(np.array([scale], dtype=np.float32).view(np.int32)[0])
+        rows.append([int(offsets[level]), int(sizes[level]), int(hashed[level]), bits, *map(int, factors[level])])
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+# Feature rows. All tensors are 1D (BLOCK,) in one layout (no layout conversions); the F features of a row
+# travel as a tuple of F fp32 tensors and move through memory as one or few packed integer words (4 or 8
+# bytes: F fp16 or F fp32 values of one row are contiguous), so each corner costs one or two loads.
+
+
+@triton.jit
+def _unpack(word, F: tl.constexpr, HALF: tl.constexpr):
+    """uint32/uint64 word -> tuple of fp32: 2 or 4 fp16 values, or 2 fp32 values (low bits first)."""
+    out = ()
+    if HALF:
+        for k in tl.static_range(F):
+            out = out + (((word >> (16 * k)) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32),)
+    else:
+        for k in tl.static_range(F):
+            out = out + (((word >> (32 * k)) & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True),)
+    return out
+
+
+@triton.jit
+def _pack(vals, START: tl.constexpr, F: tl.constexpr, HALF: tl.constexpr, WORD: tl.constexpr):
+    """F values of `vals` from START -> one word of type WORD (fp16 or fp32 bit patterns, low bits first)."""
+    word = tl.zeros(vals[0].shape, WORD)
+    for k in tl.static_range(F):
+        if HALF:
+            bits = vals[START + k].to(tl.float16).to(tl.uint16, bitcast=True)
+            word = word | (bits.to(WORD) << (16 * k))
+        else:
+            bits = vals[START + k].to(tl.uint32, bitcast=True)
+            word = word | (bits.to(WORD) << (32 * k))
+    return word
+
+
+@triton.jit
+def _load_row(ptr, row, F: tl.constexpr, mask):
+    """ptr[row * F : row * F + F] (fp16 or fp32) -> tuple of F fp32 tensors. mask: None (gathers) or (BLOCK,)."""
+    HALF: tl.constexpr = ptr.dtype.element_ty == tl.float16
+    # elements per word: fp16 rows of 2 (uint32) or 4 (uint64), fp32 rows of 2 (uint64); F = 1 loads directly.
+    PER: tl.constexpr = 1 if F == 1 else (2 if F == 2 else 4) if HALF else 2
+    out = ()
+    if PER == 1:
+        if mask is None:
+            out = (tl.load(ptr + row).to(tl.float32),)
+        else:
+            out = (tl.load(ptr + row, mask=mask, other=0.0).to(tl.float32),)
+    else:
+        WORD: tl.constexpr = tl.uint32 if (HALF and PER == 2) else tl.uint64
+        wptr = ptr.to(tl.pointer_type(WORD), bitcast=True) + row * (F // PER)
+        for k in tl.static_range(F // PER):
+            if mask is None:
+                word = tl.load(wptr + k)
+            else:
+                word = tl.load(wptr + k, mask=mask, other=0)
+            out = out + _unpack(word, PER, HALF)
+    return out
+
+
+@triton.jit
+def _store_row(ptr, row, vals, F: tl.constexpr, mask):
+    """ptr[row * F + f] = vals[f], cast to ptr's dtype (fp16 or fp32), packed like `_load_row`."""
+    HALF: tl.constexpr = ptr.dtype.element_ty == tl.float16
+    PER: tl.constexpr = 1 if F == 1 else (2 if F == 2 else 4) if HALF else 2
+    if PER == 1:
+        tl.store(ptr + row, vals[0].to(ptr.dtype.element_ty), mask=mask)
+    else:
+        WORD: tl.constexpr = tl.uint32 if (HALF and PER == 2) else tl.uint64
+        wptr = ptr.to(tl.pointer_type(WORD), bitcast=True) + row * (F // PER)
+        for k in tl.static_range(F // PER):
+            tl.store(wptr + k, _pack(vals, k * PER, PER, HALF, WORD), mask=mask)
+
+
+@triton.jit
+def _atomic_row(ptr, row, scale, vals, F: tl.constexpr, mask):
+    """fp32 ptr[row * F + f] += scale * vals[f] (relaxed atomics; the result is unused, so `red`)."""
+    for f in tl.static_range(F):
+        tl.atomic_add(ptr + row * F + f, scale * vals[f], mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _axpy(acc, a, vals, F: tl.constexpr):
+    """acc[f] + a * vals[f] for each feature (tuples of (BLOCK,) fp32)."""
+    out = ()
+    for f in tl.static_range(F):
+        out = out + (acc[f] + a * vals[f],)
+    return out
+
+
+@triton.jit
+def _dot(a, b, F: tl.constexpr):
+    """sum_f a[f] * b[f]."""
+    s = a[0] * b[0]
+    for f in tl.static_range(1, F):
+        s += a[f] * b[f]
+    return s
+
+
+@triton.jit
+def _zeros(n: tl.constexpr, BLOCK: tl.constexpr):
+    out = ()
+    for k in tl.static_range(n):
+        out = out + (tl.zeros([BLOCK], tl.float32),)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd
+
+
+class EncodeOps(Protocol):
+    """Launchers of one encoding for one spec. Tables are flat (n_params,) fp32 or fp16; x is (N, D) fp32.
+
+    forward(x, table, out_dtype) -> (N, L*F) out_dtype
+    backward(x, table, dy, need_table, need_x) -> (d table fp32 or None, dx (N, D) fp32 or None)
+    backward_backward(x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x)
+        -> (g table fp32 or None, g dy (N, L*F) fp32 or None, g x (N, D) fp32 or None)
+    """
+
+    def forward(self, x, table, out_dtype): ...
+
+    def backward(self, x, table, dy, need_table, need_x): ...
+
+    def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x): ...
+
+
+class EncodeFn(torch.autograd.Function):
+    """out = encode(x, params). `table` is params itself or its fp16 copy (made once per call, tcnn-style);
+    gradients flow to params through that cast as through the identity."""
+
+    @staticmethod
+    def forward(ctx, x, params, ops, table_dtype, out_dtype):
+        table = params.detach() if table_dtype == params.dtype else params.detach().to(table_dtype)
+        ctx.save_for_backward(x, params)
+        ctx.table, ctx.ops = table, ops
+        return ops.forward(x, table, out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, params = ctx.saved_tensors
+        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dparams, dx = EncodeBackwardFn.apply(x, params, dy, ctx.table, ctx.ops, need_params, need_x)
+        return dx, dparams, None, None, None
+
+
+class EncodeBackwardFn(torch.autograd.Function):
+    """(d params, d x) = backward(x, params, dy); differentiable once more (eikonal losses need d(dx)/d params)."""
+
+    @staticmethod
+    def forward(ctx, x, params, dy, table, ops, need_params, need_x):
+        ctx.set_materialize_grads(False)
+        dy = dy.contiguous()
+        dtable, dx = ops.backward(x, table, dy, need_params, need_x)
+        ctx.save_for_backward(x, params, dy)
+        ctx.table, ctx.ops = table, ops
+        dparams = None if dtable is None else dtable.to(params.dtype)
+        return dparams, dx
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_dparams, g_dx):
+        x, params, dy = ctx.saved_tensors
+        need_x, need_params, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if g_dx is None and g_dparams is None:
+            return None, None, None, None, None, None, None
+        g_dx = None if g_dx is None else g_dx.float().contiguous()
+        g_dparams = None if g_dparams is None else g_dparams.contiguous()
+        gtable, gdy, gx = ctx.ops.backward_backward(
+            x, ctx.table, dy, g_dx, g_dparams, need_params and g_dx is not None, need_dy, need_x
+        )
+        gparams = None if gtable is None else gtable.to(params.dtype)
+        gdy = None if gdy is None else gdy.to(dy.dtype)
+        return gx, gparams, gdy, None, None, None, None
+
+
+def encode(x: torch.Tensor, params: torch.Tensor, ops: EncodeOps, n_dims: int, n_params: int,
+           table_dtype: torch.dtype | None, out_dtype: torch.dtype | None, name: str) -> torch.Tensor:
+    """Checks at the boundary, then `EncodeFn`. x is cast to fp32 (the kernels' position precision)."""
+    if x.dim() != 2 or x.shape[1] != n_dims or not x.is_floating_point():
+        raise ValueError(f"{name}: positions must be (N, {n_dims}) float, got {tuple(x.shape)} {x.dtype}")
+    if params.dim() != 1 or params.numel() != n_params:
+        raise ValueError(f"{name}: params must be ({n_params},), got {tuple(params.shape)}")
+    if x.device != params.device:
+        raise ValueError(f"{name}: positions on {x.device} but params on {params.device}")
+    if x.shape[0] >= 2**31:
+        raise ValueError(f"{name}: at most 2^31 - 1 points per call, got {x.shape[0]}")
+    if table_dtype is None:
+        table_dtype = params.dtype if params.dtype in (torch.float16, torch.float32) else torch.float32
+    if table_dtype not in (torch.float16, torch.float32):
+        raise ValueError(f"{name}: table_dtype must be float16 or float32, got {table_dtype}")
+    out_dtype = torch.float32 if out_dtype is None else out_dtype
+    return EncodeFn.apply(x.float().contiguous(), params, ops, table_dtype, out_dtype)

@@ -1,0 +1,449 @@
+"""Triton kernels for the multiresolution grids (HashGrid, DenseGrid, TiledGrid): forward, backward (tables
+and positions) and double backward. `grid_encode_triton` is the twin of
+`ngraphics.encodings.grid.grid_encode_torch` (same signature, indexing and level-major output).
+
+Layout and launch. x: (N, D) fp32 row-major; table: flat (n_params,) fp32 or fp16, level l's rows start at
+entry `spec.offsets[l]`, F features innermost (one packed 4- or 8-byte load per corner for F <= 4 fp16 or
+F <= 2 fp32); out: (N, L * F), `out[:, l * F + f]`. One program handles BLOCK points and a group of GROUP
+consecutive levels (a runtime loop); a 1D launch of cdiv(N, BLOCK) * cdiv(L, GROUP) programs, level groups
+either outermost (GROUP = 1 is tiny-cuda-nn's points x levels grid) or innermost (`level_fastest`).
+D, F, the interpolation and L are compile-time constants; N and everything per level (scale, offset, table
+size, hashed?, primes or strides) are runtime values read from a small int64 level table, so one compiled
+kernel serves every spec of the same shape and every batch size (N is not specialised). The 2^D corners
+are unrolled (`tl.static_range`); all tensors are 1D (BLOCK,), so no layout conversions.
+
+Index maths follows tcnn exactly: `pos = fma(scale, x, 0.5)`, `cell = (uint32)(int)floor(pos)` (negative
+cells wrap), dense stride index over the dims `grid_index_plan` admits, else the coherent prime hash
+(xor of `cell_d * prime_d`, uint32), then `% hashmap_size`.
+
+Gradients: d table via fp32 atomics (relaxed), d x recomputed in the backward kernel only when x needs it
+(constexpr flag), summed over a program's levels in registers. The double backward (d(dx)/d table,
+d(dx)/d x, d(dx)/d dy) is one more kernel; `_common.py` has the formulas.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ngraphics.encodings.grid import HASH_PRIMES, GridSpec, grid_index_plan
+from ngraphics.kernels._common import (_atomic_row, _axpy, _dot, _fold_terms, _level_meta, _level_row, _load_row,
+                                       _store_row, _u32_terms, _zeros, encode, level_table)
+
+INTERP_CODE = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
+
+# Launch shape (from H100 measurements, docs/benchmarks.md): points per program, warps, levels per program
+# (a big value = all levels in one program), and whether consecutive programs take the same points'
+# next level group (level_fastest) or the next points' same level group (tcnn's order).
+TUNING = {"block": 128, "warps": 4, "group": 1, "level_fastest": False}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Device helpers
+
+
+@triton.jit
+def _axis(x, scale, INTERP: tl.constexpr):
+    """One input dim at one level -> (cell uint32, upper weight w, dw/dx, d2w/dx2). Lower weight is 1 - w."""
+    pos = tl.fma(x, scale, 0.5)
+    lower = tl.floor(pos)
+    frac = pos - lower
+    cell = lower.to(tl.int32).to(tl.uint32, bitcast=True)
+    if INTERP == 2:  # Smoothstep: w = f^2 (3 - 2f), dw/df = 6 f (1 - f), d2w/df2 = 6 - 12 f
+        w = frac * frac * (3.0 - 2.0 * frac)
+        dw = (6.0 * frac * (1.0 - frac)) * scale
+        ddw = (6.0 - 12.0 * frac) * (scale * scale)
+    elif INTERP == 1:  # Linear
+        w = frac
+        dw = tl.zeros(frac.shape, tl.float32) + scale
+        ddw = tl.zeros(frac.shape, tl.float32)
+    else:  # Nearest: only corner 0, weight 1, no derivative
+        w = tl.zeros(frac.shape, tl.float32)
+        dw = tl.zeros(frac.shape, tl.float32)
+        ddw = tl.zeros(frac.shape, tl.float32)
+    return cell, w, dw, ddw
+
+
+@triton.jit
+def _level_setup(xs, scale, factors, D: tl.constexpr, INTERP: tl.constexpr):
+    """Per-dim tuples for one level: lower/upper index terms, weights w and 1 - w, dw/dx, d2w/dx2.
+    factors[d]: prime_d (hashed level) or the dense stride of dim d (0 for dims the index leaves out)."""
+    lo = ()
+    hi = ()
+    wu = ()
+    wl = ()
+    dw = ()
+    ddw = ()
+    for d in tl.static_range(D):
+        cell, w, dwd, ddwd = _axis(xs[d], scale, INTERP)
+        t0, t1 = _u32_terms(cell, factors[d])
+        lo = lo + (t0,)
+        hi = hi + (t1,)
+        wu = wu + (w,)
+        wl = wl + (1.0 - w,)
+        dw = dw + (dwd,)
+        ddw = ddw + (ddwd,)
+    return lo, hi, wu, wl, dw, ddw
+
+
+@triton.jit
+def _corner_row(lo, hi, C: tl.constexpr, HASHED: tl.constexpr, size, off):
+    """Table entry of corner C (bit d of C: upper cell in dim d)."""
+    terms = ()
+    for d in tl.static_range(len(lo)):
+        if (C >> d) & 1:
+            terms = terms + (hi[d],)
+        else:
+            terms = terms + (lo[d],)
+    return _level_row(_fold_terms(terms, HASHED), HASHED, size, off)
+
+
+@triton.jit
+def _weight(wu, wl, C: tl.constexpr, J: tl.constexpr, K: tl.constexpr, D: tl.constexpr):
+    """Product over dims d not in {J, K} of corner C's per-dim weight (w_d if bit d else 1 - w_d), in dim
+    order (so products shared between corners are computed once). J = K = -1: the corner weight;
+    J = K = j: d weight / d w_j up to sign; J != K: the mixed second derivative up to sign."""
+    p = tl.full(wu[0].shape, 1.0, tl.float32)
+    for d in tl.static_range(D):
+        if d != J and d != K:
+            if (C >> d) & 1:
+                p = p * wu[d]
+            else:
+                p = p * wl[d]
+    return p
+
+
+@triton.jit
+def _signed(C: tl.constexpr, K: tl.constexpr, v):
+    """+v if corner C takes the upper cell in dim K, else -v (the sign of d w_C / d w_K)."""
+    if (C >> K) & 1:
+        return v
+    else:
+        return -v
+
+
+@triton.jit
+def _program(N, L: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr):
+    """This program's points (int64 (BLOCK,)), their mask, and its first level l0 (levels l0 .. l0 + GROUP - 1,
+    those < L)."""
+    NG: tl.constexpr = (L + GROUP - 1) // GROUP
+    pid = tl.program_id(0)
+    if LEVEL_FASTEST:
+        group = pid % NG
+        block = pid // NG
+    else:
+        n_blocks = tl.cdiv(N, BLOCK)
+        group = pid // n_blocks
+        block = pid % n_blocks
+    pts = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return pts, pts < N, group * GROUP
+
+
+@triton.jit
+def _load_x(x_ptr, pts, mask, D: tl.constexpr):
+    xs = ()
+    for d in tl.static_range(D):
+        xs = xs + (tl.load(x_ptr + pts * D + d, mask=mask, other=0.0),)
+    return xs
+
+
+@triton.jit
+def _store_x(ptr, pts, vals, mask, D: tl.constexpr, ATOMIC: tl.constexpr):
+    for d in tl.static_range(D):
+        if ATOMIC:  # several programs (level groups) add into the same point
+            tl.atomic_add(ptr + pts * D + d, vals[d], mask=mask, sem="relaxed")
+        else:
+            tl.store(ptr + pts * D + d, vals[d], mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-level bodies (HASHED is constant inside: the kernels branch once per level, uniformly)
+
+
+@triton.jit
+def _fwd_level(xs, table_ptr, scale, off, size, factors, HASHED: tl.constexpr, D: tl.constexpr,
+               F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
+    """sum_c w_c table[row_c] -> tuple of F (BLOCK,) fp32."""
+    NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
+    lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
+    acc = _zeros(F, BLOCK)
+    for c in tl.static_range(NC):
+        row = _corner_row(lo, hi, c, HASHED, size, off)
+        acc = _axpy(acc, _weight(wu, wl, c, -1, -1, D), _load_row(table_ptr, row, F, None), F)
+    return acc
+
+
+@triton.jit
+def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, HASHED: tl.constexpr,
+               D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+               NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
+    """dtable[row_c] += w_c dy (atomics); returns dx + sum_c (dw_c/dx) (dy . table[row_c]), where
+    dw_c/dx_k = sign_k(c) dw_k prod_{d != k} w_d(c): corners are summed first, dw_k multiplies last."""
+    NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
+    lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
+    gs = ()  # gs[c] = dy . table[row_c]
+    for c in tl.static_range(NC):
+        row = _corner_row(lo, hi, c, HASHED, size, off)
+        if NEED_TABLE:
+            _atomic_row(dtable_ptr, row, _weight(wu, wl, c, -1, -1, D), dy, F, mask)
+        if NEED_X:
+            gs = gs + (_dot(_load_row(table_ptr, row, F, None), dy, F),)
+    if NEED_X:
+        new = ()
+        for k in tl.static_range(D):
+            s = tl.zeros([BLOCK], tl.float32)
+            for c in tl.static_range(NC):
+                s += _signed(c, k, _weight(wu, wl, c, k, k, D) * gs[c])
+            new = new + (dx[k] + dw[k] * s,)
+        dx = new
+    return dx
+
+
+@triton.jit
+def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off, size, factors,
+                   HASHED: tl.constexpr, D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr,
+                   BLOCK: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
+                   NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+    """One level of the double backward (formulas at `_grid_bwd_bwd_kernel`) -> (gdy tuple of F, gx tuple of D)."""
+    NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
+    DX_TERMS: tl.constexpr = HAS_GDX and INTERP != 0
+    lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
+    u = ()
+    if DX_TERMS:
+        for k in tl.static_range(D):
+            u = u + (gdx[k] * dw[k],)
+    gdy = _zeros(F, BLOCK)
+    for c in tl.static_range(NC):
+        row = _corner_row(lo, hi, c, HASHED, size, off)
+        hv = tl.zeros([BLOCK], tl.float32)  # dy . table[row_c]
+        qv = tl.zeros([BLOCK], tl.float32)  # dy . gdt[row_c]
+        if DX_TERMS:
+            a = tl.zeros([BLOCK], tl.float32)
+            for k in tl.static_range(D):
+                a += _signed(c, k, u[k] * _weight(wu, wl, c, k, k, D))
+            if NEED_TABLE:
+                _atomic_row(gtable_ptr, row, a, dy, F, mask)
+            if NEED_DY or NEED_X:
+                v = _load_row(table_ptr, row, F, None)
+                gdy = _axpy(gdy, a, v, F)
+                hv = _dot(v, dy, F)
+        if HAS_GDT and (NEED_DY or NEED_X):
+            q = _load_row(gdt_ptr, row, F, None)
+            gdy = _axpy(gdy, _weight(wu, wl, c, -1, -1, D), q, F)
+            qv = _dot(q, dy, F)
+        if NEED_X and INTERP != 0:
+            new = ()
+            for k in tl.static_range(D):
+                t = tl.zeros([BLOCK], tl.float32)
+                if DX_TERMS:
+                    inner = tl.zeros([BLOCK], tl.float32)
+                    for j in tl.static_range(D):
+                        if j != k:
+                            inner += _signed(c, j, u[j] * _weight(wu, wl, c, j, k, D))
+                    da = dw[k] * inner
+                    if INTERP == 2:
+                        da += gdx[k] * ddw[k] * _weight(wu, wl, c, k, k, D)
+                    t += da * hv
+                if HAS_GDT:
+                    t += dw[k] * _weight(wu, wl, c, k, k, D) * qv
+                new = new + (gx[k] + _signed(c, k, t),)
+            gx = new
+    return gdy, gx
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit(do_not_specialize=["N"])
+def _grid_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D: tl.constexpr,
+                     F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
+                     LEVEL_FASTEST: tl.constexpr):
+    """out[i, l*F + f] = sum_c w_c(x_i) table[row_c(x_i), f]."""
+    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
+    xs = _load_x(x_ptr, pts, mask, D)
+    for j in range(GROUP):  # a runtime loop (GROUP levels, those < L)
+        level = l0 + j
+        if (L % GROUP == 0) or (level < L):
+            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
+            if hashed:
+                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, True, D, F, INTERP, BLOCK)
+            else:
+                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, False, D, F, INTERP, BLOCK)
+            _store_row(out_ptr, pts * L + level, acc, F, mask)
+
+
+@triton.jit(do_not_specialize=["N"])
+def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, L: tl.constexpr,
+                     D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+                     GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, NEED_TABLE: tl.constexpr,
+                     NEED_X: tl.constexpr):
+    """dtable[row_c] += w_c(x_i) dy[i, l] (fp32 atomics);  dx_i = sum_l sum_c (dw_c/dx) (dy[i, l] . table[row_c])."""
+    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
+    xs = _load_x(x_ptr, pts, mask, D)
+    dx = _zeros(D, BLOCK)
+    for j in range(GROUP):
+        level = l0 + j
+        if (L % GROUP == 0) or (level < L):
+            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
+            dy = _load_row(dy_ptr, pts * L + level, F, mask)
+            if hashed:
+                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, True, D, F,
+                                INTERP, BLOCK, NEED_TABLE, NEED_X)
+            else:
+                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, False, D,
+                                F, INTERP, BLOCK, NEED_TABLE, NEED_X)
+    if NEED_X:
+        _store_x(dx_ptr, pts, dx, mask, D, GROUP < L)
+
+
+@triton.jit(do_not_specialize=["N"])
+def _grid_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, gtable_ptr, gdy_ptr, gx_ptr, N,
+                         L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr,
+                         BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr,
+                         HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr, NEED_TABLE: tl.constexpr,
+                         NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+    """Backward of (dtable, dx) = bwd(x, table, dy) given cotangents gdx (N, D) and gdt (table-shaped).
+    With a_c = sum_j gdx_j dw_c/dx_j = sum_j sign_j u_j prod_{d != j} w_d  (u_j = gdx_j dw_j):
+      gtable[row_c] += a_c dy                              (from gdx)
+      gdy_l = sum_c a_c table[row_c] + sum_c w_c gdt[row_c]
+      gx_k  = sum_c (d a_c / d x_k) (dy . table[row_c]) + sum_c (d w_c / d x_k) (dy . gdt[row_c])
+    d a_c/dx_k = sign_k [dw_k sum_{j != k} sign_j u_j prod_{d != j,k} w_d + gdx_k ddw_k prod_{d != k} w_d]."""
+    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
+    xs = _load_x(x_ptr, pts, mask, D)
+    gdx = ()
+    if HAS_GDX:
+        gdx = _load_x(gdx_ptr, pts, mask, D)
+    gx = _zeros(D, BLOCK)
+    for j in range(GROUP):
+        level = l0 + j
+        if (L % GROUP == 0) or (level < L):
+            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
+            dy = _load_row(dy_ptr, pts * L + level, F, mask)
+            if hashed:
+                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
+                                         size, factors, True, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
+                                         NEED_TABLE, NEED_DY, NEED_X)
+            else:
+                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
+                                         size, factors, False, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
+                                         NEED_TABLE, NEED_DY, NEED_X)
+            if NEED_DY:
+                _store_row(gdy_ptr, pts * L + level, gdy, F, mask)
+    if NEED_X:
+        _store_x(gx_ptr, pts, gx, mask, D, GROUP < L)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def level_factors(spec: GridSpec) -> tuple[list[bool], list[tuple[int, ...]]]:
+    """Per level: hashed?, and per dim the prime (hashed) or dense stride (0 for dims tcnn's
+    `stride <= hashmap_size` loop leaves out; a stride that wrapped to 0 adds nothing either)."""
+    primes = HASH_PRIMES[spec.hash_type][:spec.n_dims]
+    hashed, factors = [], []
+    for level in range(spec.n_levels):
+        strides, is_hashed = grid_index_plan(spec, level)
+        size = spec.hashmap_sizes[level]
+        assert not is_hashed or size & (size - 1) == 0, "hashed levels have power-of-two tables"
+        hashed.append(is_hashed)
+        factors.append(tuple(primes) if is_hashed else tuple(strides) + (0,) * (spec.n_dims - len(strides)))
+    return hashed, factors
+
+
+class GridOps:
+    """Launchers for one GridSpec (see `_common.EncodeOps`)."""
+
+    def __init__(self, spec: GridSpec):
+        self.spec = spec
+        self.hashed, self.factors = level_factors(spec)
+        self._meta: dict[torch.device, torch.Tensor] = {}
+        self.consts = dict(L=spec.n_levels, D=spec.n_dims, F=spec.n_features,
+                           INTERP=INTERP_CODE[spec.interpolation])
+
+    def meta(self, device) -> torch.Tensor:
+        if device not in self._meta:
+            s = self.spec
+            self._meta[device] = level_table(s.offsets, s.hashmap_sizes, self.hashed, s.scales, self.factors, device)
+        return self._meta[device]
+
+    def _launch(self, kernel, x, args, **flags):
+        n, L = x.shape[0], self.spec.n_levels
+        block, group = TUNING["block"], min(TUNING["group"], L)
+        grid = (triton.cdiv(n, block) * triton.cdiv(L, group),)
+        kernel[grid](x, args[0], self.meta(x.device), *args[1:], n, BLOCK=block, GROUP=group,
+                     LEVEL_FASTEST=TUNING["level_fastest"], num_warps=TUNING["warps"], **self.consts, **flags)
+
+    def _multi(self) -> bool:
+        return min(TUNING["group"], self.spec.n_levels) < self.spec.n_levels
+
+    def forward(self, x, table, out_dtype):
+        n = x.shape[0]
+        out = torch.empty((n, self.spec.n_levels * self.spec.n_features), device=x.device, dtype=out_dtype)
+        if n:
+            self._launch(_grid_fwd_kernel, x, (table, out))
+        return out
+
+    def backward(self, x, table, dy, need_table, need_x):
+        n, spec = x.shape[0], self.spec
+        dtable = torch.zeros(spec.n_params, device=x.device, dtype=torch.float32) if need_table else None
+        dx = None
+        if need_x:  # Nearest: d out / dx = 0, as in tcnn
+            zero = self._multi() or spec.interpolation == "Nearest"
+            dx = (torch.zeros if zero else torch.empty)((n, spec.n_dims), device=x.device, dtype=torch.float32)
+        need_x = need_x and spec.interpolation != "Nearest"
+        if n and (need_table or need_x):
+            self._launch(_grid_bwd_kernel, x, (table, dy, dtable if need_table else table, dx if need_x else x),
+                         NEED_TABLE=need_table, NEED_X=need_x)
+        return dtable, dx
+
+    def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x):
+        n, spec = x.shape[0], self.spec
+        has_gdx = g_dx is not None and spec.interpolation != "Nearest"
+        has_gdt = g_dtable is not None
+        need_table = need_table and has_gdx
+        need_x = need_x and spec.interpolation != "Nearest" and (has_gdx or has_gdt)
+        need_dy = need_dy and (has_gdx or has_gdt)
+        gtable = torch.zeros(spec.n_params, device=x.device, dtype=torch.float32) if need_table else None
+        gdy = torch.empty(dy.shape, device=x.device, dtype=torch.float32) if need_dy else None
+        gx = None
+        if need_x:
+            gx = (torch.zeros if self._multi() else torch.empty)((n, spec.n_dims), device=x.device,
+                                                                 dtype=torch.float32)
+        if n and (need_table or need_dy or need_x):
+            self._launch(_grid_bwd_bwd_kernel, x,
+                         (table, dy, g_dx if has_gdx else x, g_dtable if has_gdt else table,
+                          gtable if need_table else table, gdy if need_dy else dy, gx if need_x else x),
+                         HAS_GDX=has_gdx, HAS_GDT=has_gdt, NEED_TABLE=need_table, NEED_DY=need_dy,
+                         NEED_X=need_x)
+        return gtable, gdy, gx
+
+
+@functools.lru_cache(maxsize=64)
+def grid_ops(spec: GridSpec) -> GridOps:
+    return GridOps(spec)
+
+
+def grid_encode_triton(x: torch.Tensor, params: torch.Tensor, spec: GridSpec, *,
+                       table_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Multiresolution grid encoding with Triton kernels; twin of `grid_encode_torch`.
+
+    Args:
+        x: positions. (N, D) float (cast to float32), nominally in [0, 1]; not clamped (cells wrap like tcnn).
+        params: flat tables, levels at `spec.offsets`, features innermost. (spec.n_params,) float32 (master)
+            or float16. Gradients come back in params' dtype, accumulated in float32.
+        spec: from `ngraphics.encodings.grid.grid_spec(D, config)`.
+        table_dtype: dtype the kernels read the tables in. None: params' dtype (float32 for float32 params,
+            the exact twin of the reference). torch.float16: params cast once per call (tiny-cuda-nn's
+            default), half the gather bytes; interpolation still accumulates in float32.
+        out_dtype: output dtype, default float32; torch.float16 halves the output bytes.
+    Returns: (N, L * F) level-major features, `out[:, l * F + f]`.
+    Differentiable w.r.t. x and params, twice (double backward through the input gradient for eikonal
+    losses; a third derivative raises). Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1.
+    Example: `grid_encode_triton(torch.rand(2**20, 3, device="cuda"), enc.params, enc.spec)`.
+    """
+    return encode(x, params, grid_ops(spec), spec.n_dims, spec.n_params, table_dtype, out_dtype, "grid")

@@ -345,7 +345,7 @@ def load_colmap(
 
     Ks, c2ws, jobs, source_sizes, sizes = [], [], [], [], []
     for im in chosen:
-        cam, where = model.cameras[im.camera_id], f"{model_dir} image {im.name}"
+        cam, where = model.cameras[im.camera_id], f"image {im.id} of {model_dir}"
         K, dist = camera_to_opencv(cam, f"{model_dir}: ")
         size = image_size(images_dir / im.name, where)
         if size != (cam.width, cam.height):

@@ -54,6 +54,7 @@ class TransformsFrame:
         K: intrinsics at the image's own resolution, ngraphics pixel convention. (3, 3) float64
         distortion: (k1, k2, p1, p2, k3). (5,) float64
         size: (width, height) of the image file.
+        where: "frame j of <json name>", for errors about the image.
     """
 
     path: Path
@@ -62,6 +63,7 @@ class TransformsFrame:
     K: np.ndarray
     distortion: np.ndarray
     size: tuple[int, int]
+    where: str = ""
 
 
 def _resolve_image(base: Path, file_path: str) -> Path | None:
@@ -132,10 +134,10 @@ def parse_transforms(json_path: Path, data: dict) -> tuple[list[TransformsFrame]
         if path is None:
             missing.append(frame["file_path"])
             continue
-        where = f"{where} ({frame['file_path']})"
-        size = image_size(path, where)
-        K, distortion = frame_intrinsics({**top, **frame}, size, where)
-        out.append(TransformsFrame(path, path.stem, c2w, K, distortion, size))
+        image_where = f"frame {j} of {json_path.name}"
+        size = image_size(path, image_where)
+        K, distortion = frame_intrinsics({**top, **frame}, size, f"{where} ({frame['file_path']})")
+        out.append(TransformsFrame(path, path.stem, c2w, K, distortion, size, image_where))
     return out, missing
 
 
@@ -151,7 +153,7 @@ def load_frames_images(frames: list[TransformsFrame], downscale: float, cache: b
     """Decode + undistort + downscale the frames' images. Returns tensors and the output sizes."""
     sizes = [downscaled_size(*f.size, downscale) for f in frames]
     jobs = [
-        ImageJob(f.path, f.name, size, tuple(f.K.ravel().tolist()), tuple(f.distortion.tolist()))
+        ImageJob(f.path, f.where, size, tuple(f.K.ravel().tolist()), tuple(f.distortion.tolist()))
         for f, size in zip(frames, sizes)
     ]
     arrays, _ = load_images(jobs, cache=cache, desc=desc)

@@ -98,10 +98,10 @@ def load_neus(
     chosen = subsample(holdout_indices(len(files), split, holdout), max_frames, frame_stride)
     Ks, c2ws, jobs, source_sizes, sizes = [], [], [], [], []
     for i in chosen:
-        where = f"{npz_path} image {i} ({files[i].name})"
+        where = f"image {i} of {root.name}"
         world = _matrix(cams, f"world_mat_{i}", npz_path)
         scale = _matrix(cams, f"scale_mat_{i}", npz_path, default=np.eye(4))
-        K, c2w = decompose_projection((world @ scale)[:3, :4], where)
+        K, c2w = decompose_projection((world @ scale)[:3, :4], f"{npz_path} world_mat_{i}")
         K[0, 2] += 0.5  # NeuS pixel centres at integers -> ngraphics' at i + 0.5
         K[1, 2] += 0.5
         size = image_size(files[i], where)

@@ -235,11 +235,18 @@ def test_cuda_half_outputs_and_finite_gradients():
     grid = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8}
     net = {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2, "activation": "ReLU"}
     model = tcnn.NetworkWithInputEncoding(3, 4, grid, net).cuda()
+    with torch.no_grad():  # grid values of order 1 (as after training) instead of the +-1e-4 initial ones
+        model.params[model.n_network_params :].uniform_(-1, 1)
+    reference = NetworkWithInputEncoding(3, 4, grid, net, backend="torch").cuda().double()
+    reference.load_state_dict(model.state_dict())
     x = torch.rand(1000, 3, device="cuda")
     y = model(x)
     assert y.dtype == torch.float16 and y.shape == (1000, 4)
-    reference = NetworkWithInputEncoding(3, 4, grid, net, seed=1337, backend="torch").cuda().double()
     y64 = reference(x.double())
-    assert (y.double() - y64).abs().max() < 2e-3
-    y.float().square().mean().backward()
-    assert torch.isfinite(model.params.grad).all() and model.params.grad.abs().max() > 0
+    assert (y.double() - y64).abs().max() < 2e-2 * y64.abs().max()
+    target = torch.full_like(y64, 0.5)
+    ((y.float() - target) ** 2).mean().backward()  # fp16 gradients pass tcnn's loss scaling
+    ((y64 - target) ** 2).mean().backward()
+    grad, grad64 = model.params.grad.double(), reference.params.grad
+    assert torch.isfinite(grad).all()
+    assert (grad - grad64).norm() < 2e-2 * grad64.norm()

@@ -250,9 +250,9 @@ def test_composite_dims_to_encode_begin_and_padding():
     enc = Composite(3, cfg, backend="torch")
     x = inputs(3).float()
     out = enc(x)
-    assert enc.n_output_dims == 9 + 1 + 4  # SH output padded to the Simplex's alignment F = 2, with ones
-    torch.testing.assert_close(out[:, :9], SphericalHarmonics(3, {"degree": 3})(x))
-    torch.testing.assert_close(out[:, 9], torch.ones(x.shape[0]))
+    assert enc.n_output_dims == 1 + 9 + 4  # SH padded to the Simplex's alignment F = 2: a one in front (tcnn)
+    torch.testing.assert_close(out[:, 0], torch.ones(x.shape[0]))
+    torch.testing.assert_close(out[:, 1:10], SphericalHarmonics(3, {"degree": 3})(x))
     simplex = Simplex(2, SIMPLEX_SMALL)
     torch.testing.assert_close(out[:, 10:], simplex(x[:, 1:3]))
 
@@ -292,6 +292,19 @@ def test_composite_config_errors(nested, match):
     with pytest.raises(ConfigError, match=match) as err:
         Composite(3, {"nested": nested})
     assert "\n" not in str(err.value)
+
+
+def test_composite_pads_after_other_encodings():
+    nested = [
+        {"otype": "Frequency", "n_frequencies": 1, "n_dims_to_encode": 1},
+        {**SIMPLEX_SMALL, "n_features_per_level": 4},
+    ]
+    enc = Composite(3, {"nested": nested}, backend="torch")
+    x = inputs(3).float()
+    out = enc(x)
+    assert enc.n_output_dims == 2 + 2 + 8  # Frequency's 2 columns padded with two ones up to F = 4
+    torch.testing.assert_close(out[:, :2], Frequency(1, {"n_frequencies": 1})(x[:, :1]))
+    torch.testing.assert_close(out[:, 2:4], torch.ones(x.shape[0], 2))
 
 
 def test_composite_unknown_reduction():

@@ -8,7 +8,8 @@ Outputs are concatenated in order (`reduction: Concatenation`) or summed / multi
 
 Like tcnn, when concatenating, an entry's output is padded so that the next entry starts at a multiple of
 that entry's required alignment: `n_features_per_level` for grid-like encodings (HashGrid, DenseGrid,
-TiledGrid, Grid, Simplex; padding 0 after them), 1 for the rest (padding 1, tcnn's value).
+TiledGrid, Grid, Simplex), 1 for the rest. The padding holds tcnn's values: 0 after grids, 1 after the
+others, 1 in front of SphericalHarmonics (tcnn's SH kernel writes its padding first).
 
 Parameters: `params` is one flat nn.Parameter, the nested encodings' parameter vectors concatenated in order
 (tcnn's layout, so its state dicts load). The nested modules keep no Parameter of their own: `params` of
@@ -56,6 +57,22 @@ def required_output_alignment(encoding: Encoding) -> int:
 def pad_value(encoding: Encoding) -> float:
     """What tcnn writes into an encoding's padded output columns: 0 for grids, 1 for the others."""
     return 0.0 if encoding.otype in GRID_LIKE else 1.0
+
+
+def pad_rule(encoding: Encoding) -> tuple[float, bool]:
+    """(value, in_front): what tcnn writes into an encoding's padded output columns, and where.
+    SphericalHarmonics writes its padding before its outputs, everything else after. A Composite pads
+    through its last nested encoding (Concatenation; approximated here as padding the whole output) or
+    through all of them (Sum / Product: the pad values add up / multiply)."""
+    if encoding.otype == "SphericalHarmonics":
+        return 1.0, True
+    if encoding.otype == "Composite":
+        rules = [pad_rule(e) for e in encoding.nested]
+        if encoding.config.reduction == "Concatenation":
+            return rules[-1]
+        values = [value for value, _ in rules]
+        return (sum(values) if encoding.config.reduction == "Sum" else math.prod(values)), rules[0][1]
+    return pad_value(encoding), False
 
 
 class Composite(Encoding):
@@ -155,9 +172,9 @@ class Composite(Encoding):
 
     def _share_params(self, attached: bool) -> None:
         """Point each nested encoding's `params` at its slice of self.params. During forward the slices are
-        attached (gradients flow into self.params); otherwise they are detached views of the same storage, so
-        the nested modules can be read, copied and pickled. Redone on every forward and after .to() / .double(),
-        so optimizers and load_state_dict acting on self.params are always seen."""
+        attached (gradients flow into self.params); otherwise they are detached views of the same storage,
+        so the nested modules can be read, copied and pickled. Redone on every forward and after .to(),
+        .double() etc., so optimizers and load_state_dict acting on self.params are always seen."""
         params = self.params if attached else self.params.detach()
         offset = 0
         for encoding, count, has_params in zip(self.nested, self.param_counts, self._has_params):
@@ -181,7 +198,9 @@ class Composite(Encoding):
             for encoding, (begin, count), pad in zip(self.nested, self.slices, self.pads):
                 y = encoding(x[:, begin : begin + count])
                 if pad:
-                    y = torch.cat([y, y.new_full((y.shape[0], pad), pad_value(encoding))], dim=1)
+                    value, in_front = pad_rule(encoding)
+                    fill = y.new_full((y.shape[0], pad), value)
+                    y = torch.cat([fill, y] if in_front else [y, fill], dim=1)
                 outputs.append(y)
         finally:
             self._share_params(attached=False)

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# pytest-xdist runs one worker per core: one thread each keeps 2 cores from being oversubscribed.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NGRAPHICS_DATA", REPO.parent / "shared" / "data"))
 

@@ -179,7 +179,7 @@ class ProceduralScene:
         step = (hi - lo) / (resolution - 1)
         verts, faces, _, _ = marching_cubes(values, level=0.0, spacing=(step, step, step))
         verts = torch.from_numpy(verts.copy()).to(torch.float32) + lo
-        faces = torch.from_numpy(faces[:, ::-1].copy()).to(torch.int64)  # skimage winds inward for SDFs
+        faces = torch.from_numpy(faces.astype(np.int64))  # skimage winds them towards increasing values: outward
         return verts, faces
 
 

@@ -58,7 +58,8 @@ def test_fox_skips_missing_frames_with_one_warning():
                                                 [0, 0, 1]]), rtol=1e-6, atol=1e-4)
     assert bool((scene.cameras.distortion == 0).all())  # images were undistorted at load
     torch.testing.assert_close(scene.aabb, torch.tensor([[-1.5] * 3, [2.5] * 3]))  # aabb_scale 4 around 0.5
-    contracted = load_instant_ngp(root, "test", downscale=16, max_frames=1, contract=True)
+    with pytest.warns(DataWarning):
+        contracted = load_instant_ngp(root, "test", downscale=16, max_frames=1, contract=True)
     assert contracted.contract and torch.equal(contracted.aabb, torch.tensor([[0.0] * 3, [1.0] * 3]))
 
 

@@ -1,0 +1,106 @@
+"""First-call time of the Triton kernels: cold (a fresh, empty TRITON_CACHE_DIR) and cached (the same
+directory again, as on every later run of a user's program), each in its own Python process.
+
+The probe process builds each case with backend `triton`, warms CUDA up with a plain torch op, then times
+the first forward + backward call (compilation, loading and one launch) and the second (steady state).
+
+    rows = compile_times([{"bench": "encodings", "n_input_dims": 3, "config": {...}}], batch_size=2**16)
+    python -m ngraphics.profiling.compile_time '<json spec>'      # the probe; prints one JSON line per case
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def compile_times(cases: list[dict], *, batch_size: int = 2**16, dtype: str = "float16",
+                  timeout_s: float = 300) -> list[dict]:
+    """Cold and cached first-call seconds of every case (dicts with bench, name, n_input_dims, config).
+
+    Returns one row per case: name, bench, n_input_dims, cold_first_call_s, cached_first_call_s,
+    steady_call_s (the second call in the cached process), status and reason."""
+    spec = {"cases": cases, "batch_size": batch_size, "dtype": dtype}
+    with tempfile.TemporaryDirectory(prefix="ngraphics-triton-cache-") as cache:
+        env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": _pythonpath()}
+        env.pop("TRITON_INTERPRET", None)
+        cold = _probe(spec, env, timeout_s)
+        cached = _probe(spec, env, timeout_s)
+    rows = []
+    for i, case in enumerate(cases):
+        a, b = cold.get(i, {}), cached.get(i, {})
+        row = {"bench": case["bench"], "name": case.get("name"), "n_input_dims": case["n_input_dims"],
+               "cold_first_call_s": a.get("first_s"), "cached_first_call_s": b.get("first_s"),
+               "steady_call_s": b.get("second_s"), "status": "ok", "reason": None}
+        reason = a.get("error") or b.get("error")
+        if reason or row["cold_first_call_s"] is None:
+            row.update(status="n/a", reason=reason or "probe process failed")
+        rows.append(row)
+    return rows
+
+
+def _pythonpath() -> str:
+    """Make the probe import this same ngraphics (also when it runs from a source checkout)."""
+    import ngraphics
+
+    root = str(Path(ngraphics.__file__).resolve().parent.parent)
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _probe(spec: dict, env: dict, timeout_s: float) -> dict[int, dict]:
+    cmd = [sys.executable, "-m", "ngraphics.profiling.compile_time", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {i: {"error": f"probe timed out after {timeout_s:.0f} s"} for i in range(len(spec["cases"]))}
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            out[record.pop("index")] = record
+    if proc.returncode and not out:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        out = {i: {"error": f"probe failed: {tail[:200]}"} for i in range(len(spec["cases"]))}
+    return out
+
+
+def _run_probe(spec: dict) -> None:
+    from ngraphics.profiling import benchmarks as bm
+    from ngraphics.profiling.timing import wall_time
+
+    device = torch.device("cuda")
+    dtype = getattr(torch, spec["dtype"])
+    torch.ones(8, device=device).sum().item()  # CUDA context and torch's own kernels, outside the timing
+    builders = {"encodings": bm._build_encoding, "encoding-mlp": bm._build_encoding_mlp}
+    for index, case in enumerate(spec["cases"]):
+        record = {"index": index}
+        try:
+            d = case["n_input_dims"]
+            if case["bench"] == "mlp":
+                module = bm._build_mlp("triton", d, case["n_output_dims"], case["config"], device, dtype)
+            else:
+                module = builders[case["bench"]]("triton", d, case["config"], device,
+                                                 torch.float32 if case["bench"] == "encodings" else dtype)
+            x = torch.rand(spec["batch_size"], d, device=device)
+
+            def call():
+                out = module(x)
+                if out.requires_grad:
+                    out.float().sum().backward()
+
+            record["first_s"] = wall_time(call, device)
+            record["second_s"] = wall_time(call, device)
+        except Exception as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            record["error"] = f"{type(err).__name__}: {msg}"[:200]
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    _run_probe(json.loads(sys.argv[1]))

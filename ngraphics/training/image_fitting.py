@@ -1,0 +1,537 @@
+"""Fit an encoding + MLP to a 2D image: instant-ngp's / tiny-cuda-nn's image demo as a library.
+
+Each step draws `batch_size` uniform positions `uv in [0, 1)^2` (u along the width, v along the height),
+looks the target up with bilinear filtering (pixel centres at `(i + 0.5) / W`, clamped at the border, like a
+CUDA texture in `mlp_learning_an_image.cu`), and takes one tiny-cuda-nn-style Adam step on a tiny-cuda-nn
+loss (default `RelativeL2`). Evaluation renders every pixel centre and reports the PSNR of the clipped
+prediction against the image.
+
+    fitter = ImageFitter(read_image("albert.jpg"), config, device="cpu")
+    for step in range(config.fit.steps):
+        loss = fitter.train_step()
+    print(fitter.psnr())
+
+The config has tiny-cuda-nn's blocks (`encoding`, `network`, `optimizer`, `loss`, see
+tiny-cuda-nn's `data/config_hash.json`) plus ngraphics's `fit` block (steps, batch size, image size, …).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ngraphics.config import apply_overrides, deep_merge, from_dict, load_mapping
+from ngraphics.errors import ConfigError, DataError, unknown_key_message
+from ngraphics.io.atomic import append_jsonl, atomic_write_text, atomic_write_yaml
+from ngraphics.io.images import downscale, linear_to_srgb, read_image, write_exr, write_image
+from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+
+# --- configs -------------------------------------------------------------------------------------------------
+
+
+LOSSES = ("L2", "L1", "RelativeL2", "RelativeL1", "MAPE", "SMAPE")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """tiny-cuda-nn's loss block; only `otype` is read."""
+
+    otype: Literal["L2", "L1", "RelativeL2", "RelativeL1", "MAPE", "SMAPE"] = "RelativeL2"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """ngraphics's own training settings for the image demo.
+
+    steps / batch_size: None picks a device default (CPU: 500 steps of 2^14 points; CUDA: 5000 of 2^18).
+    max_size: the image is area-downscaled so its longer side is at most this (0 = full resolution).
+    eval_every: PSNR evaluations (full image) every this many steps (None: steps / 10); also the
+        metrics.jsonl interval.
+    """
+
+    steps: int | None = None
+    batch_size: int | None = None
+    max_size: int = 512
+    eval_every: int | None = None
+    seed: int = 1337
+
+    def validate(self, where: str) -> None:
+        for key in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {value}")
+        if self.max_size < 0:
+            raise ConfigError(f"{where}.max_size: must be >= 0 (0 = full resolution), got {self.max_size}")
+
+    def resolved(self, device: torch.device | str) -> FitConfig:
+        """Fill the `None` entries with the defaults for `device`."""
+        cuda = torch.device(device).type == "cuda"
+        steps = self.steps or (5000 if cuda else 500)
+        batch = self.batch_size or (2**18 if cuda else 2**14)
+        every = self.eval_every or max(1, steps // 10)
+        return dataclasses.replace(self, steps=steps, batch_size=batch, eval_every=every)
+
+
+@dataclass(frozen=True)
+class FitImageConfig:
+    """The whole fit-image config: tiny-cuda-nn blocks plus `fit`."""
+
+    encoding: dict = field(default_factory=lambda: {"otype": "HashGrid"})
+    network: dict = field(default_factory=lambda: {"otype": "FullyFusedMLP"})
+    optimizer: AdamConfig = AdamConfig()
+    loss: LossConfig = LossConfig()
+    fit: FitConfig = FitConfig()
+
+
+BLOCKS = ("encoding", "network", "optimizer", "loss", "fit")
+
+
+def fit_image_config(data: dict, where: str = "config", *, strict: bool = True) -> tuple[FitImageConfig, list[str]]:
+    """Build a `FitImageConfig` from a dict of blocks.
+
+    Args:
+        data: `{"encoding": {...}, "network": {...}, "optimizer": {...}, "loss": {...}, "fit": {...}}`;
+            missing blocks take the defaults.
+        where: prefix for error messages (the file name).
+        strict: unknown keys are ConfigErrors (ngraphics configs) or, with strict=False (tinycudann
+            configs), returned as dotted names in the second element. Keys inside `encoding` and `network`
+            are checked when the model is built.
+    Returns: (config, ignored keys).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of blocks {', '.join(BLOCKS)}, got {type(data).__name__}")
+    unknown = [k for k in data if k not in BLOCKS]
+    if unknown and strict:
+        raise ConfigError(unknown_key_message(where, str(unknown[0]), "fit-image config", BLOCKS))
+    for block in ("encoding", "network"):
+        if block in data and not isinstance(data[block], dict):
+            raise ConfigError(f"{where}: {block}: expected a mapping with an otype key, got {data[block]!r}")
+    blocks = {}
+    for block, cls in (("optimizer", AdamConfig), ("loss", LossConfig), ("fit", FitConfig)):
+        if block == "optimizer" and isinstance(data.get(block), dict) and "otype" in data[block]:
+            if str(data[block]["otype"]).lower() != "adam":
+                raise ConfigError(f"{where}: optimizer.otype: {data[block]['otype']!r} is not supported "
+                                  f"by fit-image (use Adam)")
+            data = {**data, block: {**data[block], "otype": "Adam"}}
+        blocks[block] = from_dict(cls, data.get(block), f"{where}: {block}", strict=strict)
+        unknown += [f"{block}.{k}" for k in getattr(blocks[block], "__unknown_keys__", ())]
+    default = FitImageConfig()
+    config = FitImageConfig(
+        encoding=dict(data.get("encoding", default.encoding)),
+        network=dict(data.get("network", default.network)),
+        **blocks,
+    )
+    return config, [str(k) for k in unknown]
+
+
+# --- target lookup, losses, metrics ------------------------------------------------------------------------
+
+
+def bilinear_lookup(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinearly filtered image lookup with clamp-to-edge.
+
+    Args:
+        image: (H, W, C) float32.
+        uv: (N, 2) float32 in [0, 1]; u = x / width, v = y / height; pixel (i, j) has its centre at
+            ((j + 0.5) / W, (i + 0.5) / H).
+    Returns: (N, C) float32. Not differentiable w.r.t. uv (the target is data).
+    """
+    h, w = image.shape[:2]
+    x = uv[:, 0] * w - 0.5
+    y = uv[:, 1] * h - 0.5
+    x0f, y0f = torch.floor(x), torch.floor(y)
+    fx, fy = (x - x0f)[:, None], (y - y0f)[:, None]
+    x0 = x0f.long().clamp(0, w - 1)
+    y0 = y0f.long().clamp(0, h - 1)
+    x1 = (x0f.long() + 1).clamp(0, w - 1)
+    y1 = (y0f.long() + 1).clamp(0, h - 1)
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def pixel_centres(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uv of every pixel centre in row-major order. Returns (H * W, 2) float32."""
+    v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=1)
+
+
+def image_loss(otype: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """tiny-cuda-nn's losses, averaged over all N * C values. Denominators are constants for the gradient,
+    as in tcnn (`RelativeL2`: (p - t)^2 / (sg(p)^2 + 0.01)).
+
+    prediction, target: (N, C) float32. Returns a scalar."""
+    diff = prediction - target
+    p = prediction.detach()
+    if otype == "L2":
+        values = diff * diff
+    elif otype == "L1":
+        values = diff.abs()
+    elif otype == "RelativeL2":
+        values = diff * diff / (p * p + 0.01)
+    elif otype == "RelativeL1":
+        values = diff.abs() / (p.abs() + 0.01)
+    elif otype == "MAPE":
+        values = diff.abs() / (target.abs() + 0.01)
+    elif otype == "SMAPE":
+        values = diff.abs() / (0.5 * (p.abs() + target.abs()) + 0.01)
+    else:
+        raise ConfigError(f"loss.otype: {otype!r} is not one of {', '.join(LOSSES)}")
+    return values.mean()
+
+
+def psnr(prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float:
+    """PSNR in dB of `prediction` clipped to [0, 1] against `target` clipped to [0, 1] (peak 1).
+    Both any matching shape. Returns inf for identical images."""
+    pred = torch.as_tensor(prediction, dtype=torch.float64).clamp(0, 1)
+    ref = torch.as_tensor(target, dtype=torch.float64).clamp(0, 1)
+    mse = float(((pred - ref) ** 2).mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+# --- the fitter ------------------------------------------------------------------------------------------------
+
+
+def build_model(n_channels: int, config: FitImageConfig, *, backend: str = "auto", strict: bool = True) -> nn.Module:
+    """Encoding + MLP mapping uv (N, 2) to colour (N, n_channels), from the config's encoding/network blocks."""
+    from ngraphics.networks import NetworkWithInputEncoding
+
+    return NetworkWithInputEncoding(
+        2, n_channels, config.encoding, config.network, backend=backend, strict=strict
+    )
+
+
+class ImageFitter:
+    """Owns the target image, the model and the optimizer of one image fit.
+
+    Args:
+        image: (H, W, C) float32 target (values as they will be compared: [0, 1] for LDR, linear for HDR).
+        config: `FitImageConfig`; `config.fit` must be resolved (`FitConfig.resolved(device)`).
+        device: where to train.
+        backend: `auto | torch | triton` for the encoding and network.
+        strict: False to ignore unknown encoding/network keys (tinycudann configs); they end up in
+            `unknown_keys`.
+    """
+
+    def __init__(self, image: np.ndarray, config: FitImageConfig, *, device="cpu", backend="auto", strict=True):
+        if config.fit.steps is None or config.fit.batch_size is None:
+            config = dataclasses.replace(config, fit=config.fit.resolved(device))
+        self.config = config
+        self.device = torch.device(device)
+        self.image = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=self.device)
+        if self.image.dim() != 3:
+            raise ValueError(f"image must be (H, W, C), got {tuple(self.image.shape)}")
+        self.height, self.width, self.n_channels = self.image.shape
+        torch.manual_seed(config.fit.seed)
+        self.model = build_model(self.n_channels, config, backend=backend, strict=strict).to(self.device)
+        self.unknown_keys = [f"{part}.{k}" for part in ("encoding", "network")
+                             for k in getattr(self.model, part).unknown_keys]
+        self.optimizer = TcnnAdam(tcnn_param_groups(self.model), config.optimizer)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.fit.seed)
+        self.step = 0
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def encoding_params(self) -> int:
+        return self.model.encoding.n_params
+
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step on a fresh random batch. Returns the loss (a 0-dim tensor, not synced)."""
+        uv = torch.rand(self.config.fit.batch_size, 2, device=self.device, generator=self.generator)
+        target = bilinear_lookup(self.image, uv)
+        prediction = self.model(uv).float()[:, : self.n_channels]
+        loss = image_loss(self.config.loss.otype, prediction, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def render(self, chunk: int = 2**18) -> torch.Tensor:
+        """The model evaluated at every pixel centre. Returns (H, W, C) float32 (not clipped)."""
+        uv = pixel_centres(self.height, self.width, self.device)
+        out = [self.model(uv[i : i + chunk]).float()[:, : self.n_channels] for i in range(0, uv.shape[0], chunk)]
+        return torch.cat(out).reshape(self.height, self.width, self.n_channels)
+
+    def psnr(self, rendered: torch.Tensor | None = None) -> float:
+        """PSNR of the (clipped) reconstruction against the target, in dB."""
+        return psnr(self.render() if rendered is None else rendered, self.image)
+
+
+def constant_colour_psnr(image: torch.Tensor | np.ndarray) -> float:
+    """The best PSNR any constant colour reaches on `image` (the per-channel mean of the clipped image):
+    a bound that a fit which learned anything must beat."""
+    img = torch.as_tensor(image, dtype=torch.float64).clamp(0, 1)
+    mean = img.reshape(-1, img.shape[-1]).mean(0)
+    return psnr(mean.expand_as(img), img)
+
+
+
+
+# --- inputs: the target image and the config ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The image to fit. image: (H, W, C) float32; hdr: values are linear (EXR/HDR input)."""
+
+    image: np.ndarray
+    name: str
+    source: str
+    hdr: bool
+    original_size: tuple[int, int]  # (H, W) before downscaling
+
+
+def load_target(path: str | Path | None, max_size: int = 512) -> Target:
+    """Read the image to fit (None: scikit-image's astronaut, 512 x 512 RGB, shipped with the package),
+    area-downscaled so that its longer side is at most `max_size` (0 keeps the full resolution)."""
+    if path is None:
+        from skimage import data
+
+        image = data.astronaut().astype(np.float32) / 255.0
+        name, source, hdr = "astronaut", "skimage.data.astronaut()", False
+    else:
+        path = Path(path)
+        image = read_image(path)
+        name, source, hdr = path.stem, str(path), path.suffix.lower() in (".exr", ".hdr")
+    if not np.isfinite(image).all():
+        raise DataError(f"{source}: image has {int((~np.isfinite(image)).sum())} NaN/inf values")
+    return Target(downscale(image, max_size), name, source, hdr, tuple(image.shape[:2]))
+
+
+def configs_dir() -> Path:
+    """The packaged `configs/` folder (installed as `ngraphics.configs`, or beside the source checkout)."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("ngraphics.configs")))
+        if (folder / "image").is_dir():
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def named_encodings() -> dict[str, Path]:
+    """Encoding name (lower case) -> its default 2D fit-image config in `configs/image/`."""
+    return {p.stem.lower(): p for p in sorted((configs_dir() / "image").glob("*.json"))}
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A fit-image config after files, names and overrides were merged.
+
+    data: the merged dict of blocks; strict: whether unknown keys are errors (False for tinycudann JSON
+    configs, whose ignored keys are reported once); label: short encoding name for the run folder."""
+
+    data: dict
+    strict: bool
+    label: str
+    where: str
+
+
+def resolve_config(
+    config_file: str | Path | None = None,
+    encoding: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> ResolvedConfig:
+    """Merge, in this order: `configs/image/hashgrid.json` (tiny-cuda-nn's image demo), `config_file`,
+    `encoding`, `overrides`.
+
+    Args:
+        config_file: a whole config. `.json` files are read as tinycudann configs (blocks `encoding`,
+            `network`, `optimizer`, `loss`, `//` comments allowed, unknown keys ignored with a warning);
+            YAML files are ngraphics configs (the same blocks plus `fit`; unknown keys are errors).
+        encoding: an encoding name (`HashGrid`, `Simplex`, ...; names with a file in `configs/image/` take
+            those 2D settings, others tiny-cuda-nn's defaults) or a JSON/YAML file holding one encoding
+            dict (with `otype`) or a config with an `encoding` block (strict keys).
+        overrides: `a.b=c` strings, e.g. `encoding.log2_hashmap_size=14`.
+    """
+    from ngraphics.encodings import encoding_class
+
+    named = named_encodings()
+    data = load_mapping(named["hashgrid"])
+    strict, where, label = True, "config", "hashgrid"
+    if config_file is not None:
+        path = Path(config_file)
+        loaded = load_mapping(path)
+        strict = path.suffix.lower() != ".json"
+        where = str(path)
+        data = deep_merge(data, loaded)
+        label = str(data.get("encoding", {}).get("otype", "encoding")).lower()
+    if encoding is not None:
+        candidate = Path(encoding)
+        if candidate.suffix.lower() in (".json", ".yaml", ".yml"):
+            block = load_mapping(candidate)
+            block = block.get("encoding", block) if "otype" not in block else block
+            if not isinstance(block, dict) or "otype" not in block:
+                raise ConfigError(f"{candidate}: expected an encoding with an otype key, or an encoding block")
+            label, where = candidate.stem.lower(), str(candidate)
+            strict = True
+        else:
+            cls = encoding_class(encoding, "--encoding")
+            key = cls.otype.lower()
+            block = load_mapping(named[key])["encoding"] if key in named else {"otype": cls.otype}
+            label = key
+        data = {**data, "encoding": dict(block)}
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+    return ResolvedConfig(data, strict, label, where)
+
+
+# --- the run: training loop, outputs, run folder -----------------------------------------------------------
+
+
+def unique_folder(path: Path) -> Path:
+    """`path` if it does not exist, else `path-2`, `path-3`, ... (never an existing folder)."""
+    if not path.exists():
+        return path
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
+
+
+def fit(
+    fitter: ImageFitter,
+    target: Target,
+    out: str | Path,
+    *,
+    resolved_config: dict,
+    progress: bool = True,
+    extra_summary: dict | None = None,
+) -> dict:
+    """Train `fitter` for `fitter.config.fit.steps` steps and write the run folder.
+
+    The folder is built under a temporary name beside `out` and renamed at the end, to `out` or, when that
+    exists, `out-2`, `out-3`, …; so a run folder is never half-written and no run is overwritten. Ctrl-C
+    stops training early; the results so far are still written (summary `interrupted: true`).
+
+    Writes: `reconstruction.png` (+ `reconstruction.exr` for HDR input), `target.png`, `metrics.jsonl`
+    (one line per evaluation: step, loss, psnr, samples_per_s, elapsed_s), `config.yaml` (the resolved
+    config, reusable with `--config`), `summary.json`.
+    Returns: the summary dict, with `folder` the final path.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = fitter.config.fit
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        atomic_write_yaml(tmp / "config.yaml", resolved_config)
+        metrics = tmp / "metrics.jsonl"
+        bar = tqdm(total=cfg.steps, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
+        train_time, interrupted, last_psnr = 0.0, False, float("nan")
+        loss_sum = torch.zeros((), device=fitter.device)
+        loss_count, window_time, window_steps = 0, 0.0, 0
+        try:
+            while fitter.step < cfg.steps:
+                t0 = time.perf_counter()
+                loss_sum += fitter.train_step()
+                loss_count += 1
+                if fitter.step % 25 == 0 or fitter.step % cfg.eval_every == 0 or fitter.step == cfg.steps:
+                    loss_value = float(loss_sum) / loss_count  # synchronises
+                else:
+                    loss_value = None
+                dt = time.perf_counter() - t0
+                train_time += dt
+                window_time += dt
+                window_steps += 1
+                bar.update(1)
+                if loss_value is None:
+                    continue
+                rate = window_steps * cfg.batch_size / max(window_time, 1e-9)
+                if fitter.step % cfg.eval_every == 0 or fitter.step == cfg.steps:
+                    last_psnr = fitter.psnr()
+                    append_jsonl(metrics, {
+                        "step": fitter.step, "loss": loss_value, "psnr": last_psnr,
+                        "samples_per_s": rate, "elapsed_s": train_time,
+                    })
+                    loss_sum.zero_()
+                    loss_count = 0
+                bar.set_postfix_str(f"loss={loss_value:.4g} psnr={last_psnr:.2f}dB {_si(rate)}samples/s")
+                window_time, window_steps = 0.0, 0
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        rendered = fitter.render()
+        final_psnr = fitter.psnr(rendered)
+        _write_images(tmp, rendered.cpu().numpy(), target)
+        summary = {
+            "image": target.source, "size": [fitter.height, fitter.width, fitter.n_channels],
+            "original_size": list(target.original_size), "hdr": target.hdr,
+            "encoding": fitter.config.encoding.get("otype"), "steps": fitter.step, "batch_size": cfg.batch_size,
+            "psnr": final_psnr, "constant_colour_psnr": constant_colour_psnr(fitter.image),
+            "n_params": fitter.n_params, "encoding_params": fitter.encoding_params,
+            "train_time_s": train_time, "samples_per_s": fitter.step * cfg.batch_size / max(train_time, 1e-9),
+            "device": str(fitter.device), "interrupted": interrupted, **(extra_summary or {}),
+        }
+        atomic_write_text(tmp / "summary.json", json.dumps(_finite(summary), indent=1) + "\n")
+        final = unique_folder(out)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _usual_dir_permissions(final)
+    summary["folder"] = str(final)
+    return summary
+
+
+def _write_images(folder: Path, rendered: np.ndarray, target: Target) -> None:
+    """PNGs are display-referred: sRGB-encoded for HDR input, as stored for LDR input."""
+    if target.hdr:
+        write_exr(folder / "reconstruction.exr", rendered)
+        write_image(folder / "reconstruction.png", linear_to_srgb(np.clip(rendered, 0, 1)))
+        write_image(folder / "target.png", linear_to_srgb(np.clip(target.image, 0, 1)))
+    else:
+        write_image(folder / "reconstruction.png", rendered)
+        write_image(folder / "target.png", target.image)
+
+
+def _usual_dir_permissions(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return obj
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit} "
+    return f"{x:.3g} "
+
+
+__all__ = [
+    "AdamConfig", "LossConfig", "FitConfig", "FitImageConfig", "fit_image_config", "BLOCKS",
+    "bilinear_lookup", "pixel_centres", "image_loss", "psnr", "ImageFitter", "build_model",
+    "constant_colour_psnr", "LOSSES", "Target", "load_target", "resolve_config", "ResolvedConfig", "fit",
+    "named_encodings", "configs_dir", "unique_folder",
+]

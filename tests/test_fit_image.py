@@ -1,0 +1,240 @@
+"""fit-image: target lookup, losses, tcnn-style Adam against float64 loops, configs, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import need_data
+
+from ngraphics.errors import ConfigError
+from ngraphics.io.images import read_image, write_exr, write_image
+from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+from ngraphics.training.image_fitting import (
+    bilinear_lookup, constant_colour_psnr, fit_image_config, image_loss, pixel_centres, psnr, resolve_config,
+)
+
+# --- pieces against independent references ---------------------------------------------------------------
+
+
+def _bilinear_loop(img: np.ndarray, u: float, v: float) -> np.ndarray:
+    """Texture-style bilinear filtering, written out per sample in float64."""
+    h, w = img.shape[:2]
+    x, y = u * w - 0.5, v * h - 0.5
+    x0, y0 = math.floor(x), math.floor(y)
+    fx, fy = x - x0, y - y0
+    out = np.zeros(img.shape[2])
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yy, xx = min(max(y0 + dy, 0), h - 1), min(max(x0 + dx, 0), w - 1)
+            out += wy * wx * img[yy, xx]
+    return out
+
+
+def test_bilinear_lookup_matches_loop_and_hits_pixel_centres():
+    rng = np.random.default_rng(1)
+    img = rng.random((5, 7, 3))
+    uv = np.concatenate([rng.random((200, 2)), [[0, 0], [1, 1], [0, 1], [1, 0], [0.5, 0.5]]])
+    got = bilinear_lookup(torch.from_numpy(img), torch.from_numpy(uv)).numpy()
+    ref = np.stack([_bilinear_loop(img, u, v) for u, v in uv])
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    centres = pixel_centres(5, 7).double()
+    np.testing.assert_allclose(bilinear_lookup(torch.from_numpy(img), centres).numpy(), img.reshape(-1, 3), atol=1e-6)
+    assert torch.allclose(centres[8], torch.tensor([1.5 / 7, 1.5 / 5], dtype=torch.float64))  # row 1, column 1
+
+
+def test_losses_values_and_relative_l2_gradient():
+    p = torch.tensor([[0.5, -0.2], [1.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.25, 0.1], [1.0, 0.3]], dtype=torch.float64)
+    loss = image_loss("RelativeL2", p, t)
+    ref = sum((a - b) ** 2 / (a * a + 0.01) for a, b in zip(p.detach().flatten().tolist(), t.flatten().tolist())) / 4
+    assert abs(loss.item() - ref) < 1e-12
+    loss.backward()  # tcnn treats the denominator as a constant: d/dp = 2 (p - t) / (p^2 + 0.01) / n
+    pd = p.detach()
+    torch.testing.assert_close(p.grad, 2 * (pd - t) / (pd * pd + 0.01) / 4)
+    assert abs(image_loss("L1", p, t).item() - (p - t).abs().mean().item()) < 1e-12
+    assert abs(image_loss("MAPE", p, t).item() - ((p - t).abs() / (t.abs() + 0.01)).mean().item()) < 1e-12
+
+
+def test_psnr_and_constant_colour_bound():
+    a = torch.zeros(4, 4, 1)
+    b = torch.full((4, 4, 1), 0.1)
+    assert abs(psnr(a, b) - 20.0) < 1e-6
+    assert psnr(b, b) == math.inf
+    img = torch.rand(6, 5, 3, dtype=torch.float64)
+    bound = constant_colour_psnr(img)
+    for c in (img.mean((0, 1)), img.mean((0, 1)) + 0.01, torch.full((3,), 0.5, dtype=torch.float64)):
+        assert psnr(c.expand_as(img), img) <= bound + 1e-12
+
+
+def _adam_reference(w, grads, n_matrix, c: AdamConfig):
+    """tiny-cuda-nn's adam_step kernel, one element at a time in float64."""
+    w = [float(v) for v in w]
+    m, v, t = [0.0] * len(w), [0.0] * len(w), [0] * len(w)
+    for g_step in grads:
+        for i, g in enumerate(float(x) for x in g_step):
+            matrix = i < n_matrix
+            if not matrix and g == 0:
+                continue
+            if matrix:
+                g += c.l2_reg * w[i]
+            m[i] = c.beta1 * m[i] + (1 - c.beta1) * g
+            v[i] = c.beta2 * v[i] + (1 - c.beta2) * g * g
+            lr = c.learning_rate * (1 if matrix else c.non_matrix_learning_rate_factor)
+            t[i] += 1
+            lr *= math.sqrt(1 - c.beta2 ** t[i]) / (1 - c.beta1 ** t[i])
+            step = lr / (math.sqrt(v[i]) + c.epsilon)
+            decayed = (1 - c.relative_decay * lr) * w[i] - math.copysign(c.absolute_decay * lr, w[i])
+            w[i] = decayed - step * m[i]
+    return np.array(w)
+
+
+def test_tcnn_adam_matches_kernel_loop():
+    rng = np.random.default_rng(3)
+    n, n_matrix = 40, 15
+    grads = [rng.normal(size=n) * (rng.random(n) < 0.6) for _ in range(6)]  # sparse: many exact zeros
+    cfg = AdamConfig(learning_rate=1e-2, beta1=0.9, beta2=0.99, epsilon=1e-15, l2_reg=1e-3, relative_decay=0.1,
+                     absolute_decay=1e-4, non_matrix_learning_rate_factor=0.5)
+    w0 = rng.normal(size=n)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    opt = TcnnAdam([{"params": [p], "n_matrix": n_matrix}], cfg)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    ref = _adam_reference(w0, grads, n_matrix, cfg)
+    np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    untouched = [i for i in range(n_matrix, n) if all(g[i] == 0 for g in grads)]
+    assert all(p[i].item() == np.float32(w0[i]) for i in untouched)
+
+
+def test_param_groups_split_network_and_encoding():
+    from ngraphics.networks import NetworkWithInputEncoding
+
+    model = NetworkWithInputEncoding(2, 3, {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 6},
+                                     {"otype": "FullyFusedMLP", "n_neurons": 16, "n_hidden_layers": 1}, seed=1)
+    (group,) = tcnn_param_groups(model)
+    assert group["params"][0] is model.params and group["n_matrix"] == model.network.n_params
+    assert model.params.numel() == model.network.n_params + model.encoding.n_params
+
+
+# --- configs -----------------------------------------------------------------------------------------------
+
+
+def test_resolve_config_names_files_and_overrides(tmp_path):
+    r = resolve_config(encoding="simplex", overrides=["encoding.n_levels=4", "fit.steps=7"])
+    assert r.strict and r.label == "simplex" and r.data["encoding"]["otype"] == "Simplex"
+    cfg, ignored = fit_image_config(r.data)
+    assert cfg.encoding["n_levels"] == 4 and cfg.fit.steps == 7 and not ignored
+    assert cfg.optimizer.learning_rate == 1e-2 and cfg.loss.otype == "RelativeL2"  # tcnn's image demo
+    tcnn_json = tmp_path / "config_hash.json"
+    tcnn_json.write_text('{\n// a tcnn config\n"encoding": {"otype": "HashGrid", "fixed_point_pos": false},\n'
+                         '"optimizer": {"otype": "Adam", "learning_rate": 1e-3, "zz": 1}, "extra": 3}')
+    r = resolve_config(tcnn_json)
+    assert not r.strict
+    cfg, ignored = fit_image_config(r.data, r.where, strict=False)
+    assert sorted(ignored) == ["extra", "optimizer.zz"] and cfg.optimizer.learning_rate == 1e-3
+    own = tmp_path / "mine.yaml"
+    own.write_text("optimizer:\n  learning_rat: 0.1\n")
+    r = resolve_config(own)
+    with pytest.raises(ConfigError, match="learning_rat.*did you mean learning_rate"):
+        fit_image_config(r.data, r.where, strict=r.strict)
+    with pytest.raises(ConfigError, match="--encoding.*'Hashgird'.*HashGrid"):
+        resolve_config(encoding="Hashgird")
+
+
+# --- the CLI end to end ----------------------------------------------------------------------------------
+
+
+def _tiny_image(tmp_path):
+    yy, xx = np.mgrid[0:24, 0:32] / 24.0
+    img = np.stack([0.5 + 0.5 * np.sin(6 * xx), 0.5 + 0.5 * np.cos(5 * yy), (xx * yy) % 1.0], -1)
+    write_image(tmp_path / "tiny.png", img)
+    return tmp_path / "tiny.png"
+
+
+def _fit(tmp_path, *extra):
+    from ngraphics.cli import main
+
+    argv = ["fit-image", str(_tiny_image(tmp_path)), "--device", "cpu", "--quiet", "--steps", "60",
+            "--batch", "2048", "--set", "encoding.n_levels=6", "--set", "encoding.log2_hashmap_size=10",
+            "--set", "fit.eval_every=20", *extra]
+    return main(argv)
+
+
+def test_fit_image_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "runs" / "tiny"
+    assert _fit(tmp_path, "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"results in {out}/" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml", "metrics.jsonl", "reconstruction.png", "summary.json", "target.png"]
+    recon, target = read_image(out / "reconstruction.png"), read_image(tmp_path / "tiny.png")
+    assert recon.shape == target.shape == (24, 32, 3)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [20, 40, 60]
+    assert all({"loss", "psnr", "samples_per_s", "elapsed_s"} <= m.keys() for m in metrics)
+    psnrs = [m["psnr"] for m in metrics]
+    assert psnrs[0] < psnrs[1] < psnrs[2]
+    bound = constant_colour_psnr(target)  # computed here from the image, independently of the run
+    assert psnrs[-1] > bound + 5, (psnrs, bound)
+    assert abs(psnr(recon, target) - psnrs[-1]) < 0.2  # the PNG is the 8-bit quantised reconstruction
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["encoding"]["n_levels"] == 6 and config["fit"]["steps"] == 60
+    # the resolved config reproduces the run through --config
+    assert _fit(tmp_path, "--out", str(out), "--config", str(out / "config.yaml")) == 0
+    again = [json.loads(line) for line in (tmp_path / "runs" / "tiny-2" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["loss"], m["psnr"]) for m in again] == [(m["step"], m["loss"], m["psnr"]) for m in metrics]
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_fit_image_bad_key_is_one_line(tmp_path, capsys):
+    assert _fit(tmp_path, "--out", str(tmp_path / "r"), "--set", "encoding.n_levelz=3") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "n_levelz" in err and "n_levels" in err
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fit:\n  stepz: 3\n")
+    assert _fit(tmp_path, "--out", str(tmp_path / "r"), "--config", str(bad)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "stepz" in err and str(bad) in err
+
+
+def test_fit_image_missing_image(tmp_path, capsys):
+    from ngraphics.cli import main
+
+    assert main(["fit-image", str(tmp_path / "nope.jpg"), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.jpg" in err and "not found" in err
+
+
+def test_fit_image_exr_writes_exr(tmp_path, capsys):
+    """HDR input: fit in linear values, write the reconstruction as EXR (and an sRGB PNG)."""
+    from ngraphics.cli import main
+
+    path = need_data("images", "albert.exr")
+    out = tmp_path / "albert"
+    argv = ["fit-image", str(path), "--device", "cpu", "--quiet", "--steps", "20", "--batch", "1024",
+            "--max-size", "32", "--set", "encoding.n_levels=4", "--set", "encoding.log2_hashmap_size=8",
+            "--out", str(out)]
+    assert main(argv) == 0
+    recon = read_image(out / "reconstruction.exr")
+    assert recon.shape == (32, 32, 4) and recon.dtype == np.float32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hdr"] and summary["original_size"] == [1024, 1024]
+
+
+def test_write_exr_then_fit_round_trip_names(tmp_path):
+    """A 1-channel EXR target keeps one channel through the fit (Y in, Y out)."""
+    from ngraphics.cli import main
+
+    write_exr(tmp_path / "grey.exr", np.linspace(0, 2, 16 * 16, dtype=np.float32).reshape(16, 16))
+    out = tmp_path / "grey"
+    argv = ["fit-image", str(tmp_path / "grey.exr"), "--device", "cpu", "--quiet", "--steps", "5", "--batch",
+            "256", "--encoding", "Frequency", "--out", str(out)]
+    assert main(argv) == 0
+    assert read_image(out / "reconstruction.exr").shape == (16, 16, 1)
+    assert read_image(out / "reconstruction.png").shape == (16, 16, 1)

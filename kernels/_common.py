@@ -11,13 +11,12 @@ Interpolating encodings share one shape: per level, K vertices with weights `w_k
 
 `EncodeFn` (forward) saves x and the table; its backward is `EncodeBackwardFn`, an autograd.Function whose
 own backward runs the double-backward kernel (tiny-cuda-nn's `backward_backward_input`). Each encoding
-supplies an "ops" object with three launchers: `forward`, `backward`, `backward_backward` (see `EncodeOps`).
+supplies a `LevelOps` subclass (three kernels with one argument order; the launchers live here).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -73,15 +72,14 @@ def _level_meta(meta_ptr, level, D: tl.constexpr):
     return scale, off, size, hashed, factors
 
 
-def level_table(offsets, sizes, hashed, scales, factors, device) -> torch.Tensor:
-    """The int64 (L, 4 + D) table `_level_meta` reads; scales go in as their float32 bit patterns."""
-    import numpy as np
-
+def level_rows(offsets, sizes, hashed, scales, factors) -> list[list[int]]:
+    """Rows of the int64 (L, 4 + D) level table that `_level_meta` reads (scale as its float32 bits)."""
     rows = []
     for level, scale in enumerate(scales):
         bits = int(np.array([scale], dtype=np.float32).view(np.int32)[0])
-        rows.append([int(offsets[level]), int(sizes[level]), int(hashed[level]), bits, *map(int, factors[level])])
-    return torch.tensor(rows, dtype=torch.int64, device=device)
+        rows.append([int(offsets[level]), int(sizes[level]), int(bool(hashed[level])), bits,
+                     *(int(f) for f in factors[level])])
+    return rows
 
 
 # Feature rows. All tensors are 1D (BLOCK,) in one layout (no layout conversions); the F features of a row
@@ -187,24 +185,118 @@ def _zeros(n: tl.constexpr, BLOCK: tl.constexpr):
     return out
 
 
+@triton.jit
+def _program(N, L: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr):
+    """This program's points (int64 (BLOCK,)), their mask, and its first level l0 (it handles levels
+    l0 .. l0 + GROUP - 1 that are < L). Programs are numbered level-group-first or point-block-first."""
+    NG: tl.constexpr = (L + GROUP - 1) // GROUP
+    pid = tl.program_id(0)
+    if LEVEL_FASTEST:
+        group = pid % NG
+        block = pid // NG
+    else:
+        # not tl.cdiv: triton's own jit helpers break the interpreter if triton was imported before it was on
+        n_blocks = (N + BLOCK - 1) // BLOCK
+        group = pid // n_blocks
+        block = pid % n_blocks
+    pts = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return pts, pts < N, group * GROUP
+
+
+@triton.jit
+def _load_x(x_ptr, pts, mask, D: tl.constexpr):
+    """x[pts, :] of a row-major (N, D) fp32 array -> tuple of D (BLOCK,) tensors (0 where masked)."""
+    xs = ()
+    for d in tl.static_range(D):
+        xs = xs + (tl.load(x_ptr + pts * D + d, mask=mask, other=0.0),)
+    return xs
+
+
+@triton.jit
+def _store_x(ptr, pts, vals, mask, D: tl.constexpr, ATOMIC: tl.constexpr):
+    """ptr[pts, d] = vals[d] (or += with atomics when several programs, one per level group, add in)."""
+    for d in tl.static_range(D):
+        if ATOMIC:
+            tl.atomic_add(ptr + pts * D + d, vals[d], mask=mask, sem="relaxed")
+        else:
+            tl.store(ptr + pts * D + d, vals[d], mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Autograd
 
 
-class EncodeOps(Protocol):
-    """Launchers of one encoding for one spec. Tables are flat (n_params,) fp32 or fp16; x is (N, D) fp32.
+class LevelOps:
+    """Launchers of one encoding spec (the `ops` of `EncodeFn`). A subclass sets the three kernels, which
+    share one argument order: fwd(x, table, meta, out, N), bwd(x, table, meta, dy, dtable, dx, N),
+    bwd_bwd(x, table, meta, dy, gdx, gdt, gtable, gdy, gx, N), then compile-time keywords.
 
-    forward(x, table, out_dtype) -> (N, L*F) out_dtype
-    backward(x, table, dy, need_table, need_x) -> (d table fp32 or None, dx (N, D) fp32 or None)
-    backward_backward(x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x)
-        -> (g table fp32 or None, g dy (N, L*F) fp32 or None, g x (N, D) fp32 or None)
+    Tables are flat (n_params,) fp32 or fp16; x is (N, D) fp32; dy / out (N, L * F) fp16 or fp32; every
+    gradient is accumulated and returned in fp32. `moves`: False when out does not depend on x (grid
+    Nearest), so d/dx is identically 0.
     """
 
-    def forward(self, x, table, out_dtype): ...
+    fwd_kernel = bwd_kernel = bwd_bwd_kernel = None
+    tuning: dict = {}
 
-    def backward(self, x, table, dy, need_table, need_x): ...
+    def __init__(self, n_dims, n_levels, n_features, n_params, meta_rows, consts, moves=True):
+        self.D, self.L, self.F, self.n_params, self.moves = n_dims, n_levels, n_features, n_params, moves
+        self.meta_rows, self.consts = meta_rows, dict(consts, L=n_levels, D=n_dims, F=n_features)
+        self._meta: dict = {}
 
-    def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x): ...
+    def meta(self, device) -> torch.Tensor:
+        """The int64 level table on `device` (made once)."""
+        if device not in self._meta:
+            self._meta[device] = torch.tensor(self.meta_rows, dtype=torch.int64, device=device)
+        return self._meta[device]
+
+    def _group(self) -> int:
+        return max(1, min(int(self.tuning["group"]), self.L))
+
+    def _launch(self, kernel, x, table, *args, **flags):
+        n, block, group = x.shape[0], self.tuning["block"], self._group()
+        grid = (triton.cdiv(n, block) * triton.cdiv(self.L, group),)
+        kernel[grid](x, table, self.meta(x.device), *args, n, BLOCK=block, GROUP=group,
+                     LEVEL_FASTEST=self.tuning["level_fastest"], num_warps=self.tuning["warps"],
+                     **self.consts, **flags)
+
+    def _x_buffer(self, n, device) -> torch.Tensor:
+        zero = self._group() < self.L or not self.moves  # level groups add atomically
+        return (torch.zeros if zero else torch.empty)((n, self.D), device=device, dtype=torch.float32)
+
+    def forward(self, x, table, out_dtype):
+        out = torch.empty((x.shape[0], self.L * self.F), device=x.device, dtype=out_dtype)
+        if x.shape[0]:
+            self._launch(self.fwd_kernel, x, table, out)
+        return out
+
+    def backward(self, x, table, dy, need_table, need_x):
+        """-> (d table (n_params,) fp32 or None, dx (N, D) fp32 or None)."""
+        dtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
+        dx = self._x_buffer(x.shape[0], x.device) if need_x else None
+        need_x = need_x and self.moves
+        if x.shape[0] and (need_table or need_x):
+            self._launch(self.bwd_kernel, x, table, dy, dtable if need_table else table, dx if need_x else x,
+                         NEED_TABLE=need_table, NEED_X=need_x)
+        return dtable, dx
+
+    def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x):
+        """Cotangents g_dx (N, D) / g_dtable (n_params,) (either may be None) of backward's outputs
+        -> (g table fp32 or None, g dy (N, L * F) fp32 or None, g x (N, D) fp32 or None)."""
+        has_gdx = g_dx is not None and self.moves
+        has_gdt = g_dtable is not None
+        need_table = need_table and has_gdx
+        need_dy = need_dy and (has_gdx or has_gdt)
+        need_x = need_x and self.moves and (has_gdx or has_gdt)
+        gtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
+        gdy = torch.empty(dy.shape, device=x.device, dtype=torch.float32) if need_dy else None
+        gx = self._x_buffer(x.shape[0], x.device) if need_x else None
+        if x.shape[0] and (need_table or need_dy or need_x):
+            self._launch(self.bwd_bwd_kernel, x, table, dy, g_dx if has_gdx else x,
+                         g_dtable if has_gdt else table, gtable if need_table else table,
+                         gdy if need_dy else dy, gx if need_x else x, HAS_GDX=has_gdx, HAS_GDT=has_gdt,
+                         NEED_TABLE=need_table, NEED_DY=need_dy, NEED_X=need_x)
+        return gtable, gdy, gx
 
 
 class EncodeFn(torch.autograd.Function):
@@ -256,7 +348,7 @@ class EncodeBackwardFn(torch.autograd.Function):
         return gx, gparams, gdy, None, None, None, None
 
 
-def encode(x: torch.Tensor, params: torch.Tensor, ops: EncodeOps, n_dims: int, n_params: int,
+def encode(x: torch.Tensor, params: torch.Tensor, ops: LevelOps, n_dims: int, n_params: int,
            table_dtype: torch.dtype | None, out_dtype: torch.dtype | None, name: str) -> torch.Tensor:
     """Checks at the boundary, then `EncodeFn`. x is cast to fp32 (the kernels' position precision)."""
     if x.dim() != 2 or x.shape[1] != n_dims or not x.is_floating_point():

@@ -30,8 +30,9 @@ import triton
 import triton.language as tl
 
 from ngraphics.encodings.grid import HASH_PRIMES, GridSpec, grid_index_plan
-from ngraphics.kernels._common import (_atomic_row, _axpy, _dot, _fold_terms, _level_meta, _level_row, _load_row,
-                                       _store_row, _u32_terms, _zeros, encode, level_table)
+from ngraphics.kernels._common import (LevelOps, _atomic_row, _axpy, _dot, _fold_terms, _level_meta, _level_row,
+                                       _load_row, _load_x, _program, _store_row, _store_x, _u32_terms, _zeros,
+                                       encode, level_rows)
 
 INTERP_CODE = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 
@@ -123,40 +124,6 @@ def _signed(C: tl.constexpr, K: tl.constexpr, v):
         return v
     else:
         return -v
-
-
-@triton.jit
-def _program(N, L: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr):
-    """This program's points (int64 (BLOCK,)), their mask, and its first level l0 (levels l0 .. l0 + GROUP - 1,
-    those < L)."""
-    NG: tl.constexpr = (L + GROUP - 1) // GROUP
-    pid = tl.program_id(0)
-    if LEVEL_FASTEST:
-        group = pid % NG
-        block = pid // NG
-    else:
-        n_blocks = tl.cdiv(N, BLOCK)
-        group = pid // n_blocks
-        block = pid % n_blocks
-    pts = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return pts, pts < N, group * GROUP
-
-
-@triton.jit
-def _load_x(x_ptr, pts, mask, D: tl.constexpr):
-    xs = ()
-    for d in tl.static_range(D):
-        xs = xs + (tl.load(x_ptr + pts * D + d, mask=mask, other=0.0),)
-    return xs
-
-
-@triton.jit
-def _store_x(ptr, pts, vals, mask, D: tl.constexpr, ATOMIC: tl.constexpr):
-    for d in tl.static_range(D):
-        if ATOMIC:  # several programs (level groups) add into the same point
-            tl.atomic_add(ptr + pts * D + d, vals[d], mask=mask, sem="relaxed")
-        else:
-            tl.store(ptr + pts * D + d, vals[d], mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,72 +322,17 @@ def level_factors(spec: GridSpec) -> tuple[list[bool], list[tuple[int, ...]]]:
     return hashed, factors
 
 
-class GridOps:
-    """Launchers for one GridSpec (see `_common.EncodeOps`)."""
+class GridOps(LevelOps):
+    """Launchers for one GridSpec."""
+
+    fwd_kernel, bwd_kernel, bwd_bwd_kernel = _grid_fwd_kernel, _grid_bwd_kernel, _grid_bwd_bwd_kernel
+    tuning = TUNING
 
     def __init__(self, spec: GridSpec):
-        self.spec = spec
-        self.hashed, self.factors = level_factors(spec)
-        self._meta: dict[torch.device, torch.Tensor] = {}
-        self.consts = dict(L=spec.n_levels, D=spec.n_dims, F=spec.n_features,
-                           INTERP=INTERP_CODE[spec.interpolation])
-
-    def meta(self, device) -> torch.Tensor:
-        if device not in self._meta:
-            s = self.spec
-            self._meta[device] = level_table(s.offsets, s.hashmap_sizes, self.hashed, s.scales, self.factors, device)
-        return self._meta[device]
-
-    def _launch(self, kernel, x, args, **flags):
-        n, L = x.shape[0], self.spec.n_levels
-        block, group = TUNING["block"], min(TUNING["group"], L)
-        grid = (triton.cdiv(n, block) * triton.cdiv(L, group),)
-        kernel[grid](x, args[0], self.meta(x.device), *args[1:], n, BLOCK=block, GROUP=group,
-                     LEVEL_FASTEST=TUNING["level_fastest"], num_warps=TUNING["warps"], **self.consts, **flags)
-
-    def _multi(self) -> bool:
-        return min(TUNING["group"], self.spec.n_levels) < self.spec.n_levels
-
-    def forward(self, x, table, out_dtype):
-        n = x.shape[0]
-        out = torch.empty((n, self.spec.n_levels * self.spec.n_features), device=x.device, dtype=out_dtype)
-        if n:
-            self._launch(_grid_fwd_kernel, x, (table, out))
-        return out
-
-    def backward(self, x, table, dy, need_table, need_x):
-        n, spec = x.shape[0], self.spec
-        dtable = torch.zeros(spec.n_params, device=x.device, dtype=torch.float32) if need_table else None
-        dx = None
-        if need_x:  # Nearest: d out / dx = 0, as in tcnn
-            zero = self._multi() or spec.interpolation == "Nearest"
-            dx = (torch.zeros if zero else torch.empty)((n, spec.n_dims), device=x.device, dtype=torch.float32)
-        need_x = need_x and spec.interpolation != "Nearest"
-        if n and (need_table or need_x):
-            self._launch(_grid_bwd_kernel, x, (table, dy, dtable if need_table else table, dx if need_x else x),
-                         NEED_TABLE=need_table, NEED_X=need_x)
-        return dtable, dx
-
-    def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x):
-        n, spec = x.shape[0], self.spec
-        has_gdx = g_dx is not None and spec.interpolation != "Nearest"
-        has_gdt = g_dtable is not None
-        need_table = need_table and has_gdx
-        need_x = need_x and spec.interpolation != "Nearest" and (has_gdx or has_gdt)
-        need_dy = need_dy and (has_gdx or has_gdt)
-        gtable = torch.zeros(spec.n_params, device=x.device, dtype=torch.float32) if need_table else None
-        gdy = torch.empty(dy.shape, device=x.device, dtype=torch.float32) if need_dy else None
-        gx = None
-        if need_x:
-            gx = (torch.zeros if self._multi() else torch.empty)((n, spec.n_dims), device=x.device,
-                                                                 dtype=torch.float32)
-        if n and (need_table or need_dy or need_x):
-            self._launch(_grid_bwd_bwd_kernel, x,
-                         (table, dy, g_dx if has_gdx else x, g_dtable if has_gdt else table,
-                          gtable if need_table else table, gdy if need_dy else dy, gx if need_x else x),
-                         HAS_GDX=has_gdx, HAS_GDT=has_gdt, NEED_TABLE=need_table, NEED_DY=need_dy,
-                         NEED_X=need_x)
-        return gtable, gdy, gx
+        hashed, factors = level_factors(spec)
+        rows = level_rows(spec.offsets, spec.hashmap_sizes, hashed, spec.scales, factors)
+        super().__init__(spec.n_dims, spec.n_levels, spec.n_features, spec.n_params, rows,
+                         {"INTERP": INTERP_CODE[spec.interpolation]}, moves=spec.interpolation != "Nearest")
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,201 @@
+"""Parity of the Triton grid kernels (`ngraphics.kernels.grid`) with the torch reference `grid_encode_torch`.
+
+Each case draws fresh random positions, tables and cotangents and compares the outputs and every gradient:
+d params, d x, and the double backward of (d params, d x) w.r.t. x, params and dy (eikonal losses).
+
+- Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set before the kernels are
+  imported) on tiny inputs (37 points, 2 levels, small tables). The interpreter runs every configuration;
+  it cannot show speed, the GPU's fused multiply-add of `scale * x + 0.5` (it rounds twice: a point within an
+  ulp of a cell face may pick the neighbouring cell, which moves the output by ~1e-7) or unordered atomics.
+- With CUDA the same checks run as `gpu` tests on larger inputs across a sample of the config matrix.
+Errors are max |triton - torch| / max |torch| per tensor. Tolerances: fp32 tables 2e-5 (output) and 1e-4
+(gradients: fp32 atomics sum in another order); fp16 tables are compared with the reference evaluated on the
+fp16-rounded table, so the same tolerances hold, except with fp16 outputs (one fp16 rounding of the output
+and of the incoming gradient: 2e-3 output, 5e-3 gradients).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
+pytest.importorskip("triton")
+
+import ngraphics.kernels._common as kcommon  # noqa: E402
+import ngraphics.kernels.grid as kgrid  # noqa: E402
+from ngraphics.encodings.grid import HashGrid, grid_encode_torch, grid_spec  # noqa: E402
+
+INTERPRETED = type(kgrid._grid_fwd_kernel).__name__ == "InterpretedFunction"
+if os.environ.get("TRITON_INTERPRET") == "1" and not INTERPRETED:  # imported earlier without the interpreter
+    kcommon = importlib.reload(kcommon)
+    kgrid = importlib.reload(kgrid)
+    INTERPRETED = True
+
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETED, reason="interpreter cases run on CPU-only machines; with CUDA the gpu cases cover them"
+)
+
+TOL = {"out": 2e-5, "grad": 1e-4, "out16": 2e-3, "grad16": 5e-3}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape and torch.isfinite(a).all()
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _grads(encode, x0, p0, dy0, v, r):
+    """out, (dx, dp), and the grads of (dx . v + dp . r) w.r.t. (x, p, dy)."""
+    x, p, dy = x0.clone().requires_grad_(True), p0.clone().requires_grad_(True), dy0.clone().requires_grad_(True)
+    out = encode(x, p)
+    dx, dp = torch.autograd.grad(out, (x, p), dy, create_graph=True)
+    loss = (dx * v).sum() + (dp * r).sum()
+    second = (None, None, None)
+    if loss.requires_grad:  # (grid Nearest: the reference's loss is constant)
+        second = torch.autograd.grad(loss, (x, p, dy), allow_unused=True)
+    second = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(second, (x, p, dy)))
+    return out.detach(), dx.detach(), dp.detach(), second
+
+
+def check_parity(spec, n, device, table_dtype=None, out_dtype=None, edges=False):
+    """Compare grid_encode_triton with grid_encode_torch on fresh random inputs; returns the errors."""
+    g = torch.Generator(device="cpu").manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    x = torch.rand(n, spec.n_dims, generator=g)
+    x[0], x[-1] = 0.0, 1.0
+    if edges:  # points on cell faces of level 1: scale * x + 0.5 integer
+        k = torch.randint(0, int(spec.scales[1]) + 1, (n // 4, spec.n_dims), generator=g)
+        x[1:1 + n // 4] = ((k.float() - 0.5) / spec.scales[1]).clamp(0, 1)
+    p = torch.randn(spec.n_params, generator=g)
+    x, p = x.to(device), p.to(device)
+    p_ref = p.half().float() if table_dtype == torch.float16 else p
+    out_ref = grid_encode_torch(x, p_ref, spec)
+    dy = torch.randn(out_ref.shape, generator=g).to(device)
+    v = torch.randn(x.shape, generator=g).to(device)
+    r = torch.randn(p.shape, generator=g).to(device)
+    if device != "cpu":  # poison the allocator's cache: unwritten outputs show up as NaN
+        torch.full((4 * out_ref.numel() + 4 * p.numel(),), float("nan"), device=device)
+    tri = _grads(lambda a, b: kgrid.grid_encode_triton(a, b, spec, table_dtype=table_dtype, out_dtype=out_dtype),
+                 x, p, dy, v, r)
+    ref = _grads(lambda a, b: grid_encode_torch(a, b, spec), x, p_ref, dy, v, r)
+    names = ["out", "dx", "dp", "ddx", "ddp", "ddy"]
+    errs = dict(zip(names, [_rel(a, b) for a, b in zip(tri[:3] + tuple(tri[3]), ref[:3] + tuple(ref[3]))]))
+    out_tol = TOL["out16"] if out_dtype == torch.float16 else TOL["out"]
+    assert tri[0].dtype == (out_dtype or torch.float32)
+    assert errs["out"] <= out_tol, errs
+    grad_tol = TOL["grad16"] if out_dtype == torch.float16 else TOL["grad"]  # dy is rounded to fp16 too
+    for name in names[1:]:
+        assert errs[name] <= grad_tol, (name, errs)
+    return errs
+
+
+def small_spec(D, F, interpolation="Linear", grid_type="Hash", log2=6, levels=2, base=3, scale=2.0):
+    return grid_spec(D, {"otype": "Grid", "type": grid_type, "n_levels": levels, "n_features_per_level": F,
+                         "log2_hashmap_size": log2, "base_resolution": base, "per_level_scale": scale,
+                         "interpolation": interpolation})
+
+
+# --------------------------------------------------------------------------------------------------------
+# CPU: Triton interpreter, tiny inputs
+
+INTERPRETER_CASES = [  # (D, F, interpolation, type, table dtype); each level pair has a dense and a hashed level
+    (2, 1, "Linear", "Hash", None),
+    (3, 2, "Linear", "Hash", None),
+    (3, 2, "Smoothstep", "Hash", None),
+    (4, 4, "Linear", "Hash", torch.float16),
+    (3, 8, "Nearest", "Hash", None),
+    (2, 2, "Smoothstep", "Dense", None),
+    (3, 1, "Linear", "Tiled", torch.float16),
+    (4, 2, "Smoothstep", "Hash", None),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("D,F,interpolation,grid_type,table_dtype", INTERPRETER_CASES)
+def test_interpreter_parity(D, F, interpolation, grid_type, table_dtype):
+    spec = small_spec(D, F, interpolation, grid_type)
+    check_parity(spec, 37, "cpu", table_dtype=table_dtype, edges=True)
+
+
+@needs_interpreter
+def test_interpreter_level_groups_and_fp16_output(monkeypatch):
+    """All levels in one program (GROUP = L) and level-first program order give the same results."""
+    monkeypatch.setitem(kgrid.TUNING, "group", 3)
+    monkeypatch.setitem(kgrid.TUNING, "level_fastest", True)
+    spec = small_spec(3, 2, levels=4, log2=7)
+    check_parity(spec, 37, "cpu", table_dtype=torch.float16, out_dtype=torch.float16)
+
+
+# --------------------------------------------------------------------------------------------------------
+# CUDA
+
+GPU_CASES = [  # (D, F, interpolation, type, log2_hashmap_size, levels, table dtype, out dtype); base 16, scale 2
+    (3, 2, "Linear", "Hash", 19, 16, None, None),
+    (3, 2, "Linear", "Hash", 19, 16, torch.float16, torch.float16),
+    (2, 1, "Linear", "Hash", 15, 8, torch.float16, None),
+    (2, 8, "Smoothstep", "Hash", 12, 6, None, None),
+    (3, 4, "Smoothstep", "Hash", 22, 16, torch.float16, None),
+    (3, 8, "Nearest", "Hash", 14, 4, None, None),
+    (4, 2, "Linear", "Hash", 19, 16, None, None),
+    (4, 4, "Smoothstep", "Hash", 17, 8, torch.float16, None),
+    (4, 1, "Nearest", "Hash", 10, 5, torch.float16, torch.float16),
+    (3, 2, "Linear", "Dense", 19, 5, None, None),
+    (2, 4, "Smoothstep", "Tiled", 19, 7, None, None),
+    (3, 2, "Linear", "Hash", 24, 16, None, None),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D,F,interpolation,grid_type,log2,levels,table_dtype,out_dtype", GPU_CASES)
+def test_gpu_parity(D, F, interpolation, grid_type, log2, levels, table_dtype, out_dtype):
+    spec = small_spec(D, F, interpolation, grid_type, log2=log2, levels=levels, base=16, scale=2.0)
+    check_parity(spec, 100003, "cuda", table_dtype=table_dtype, out_dtype=out_dtype, edges=True)
+
+
+@pytest.mark.gpu
+def test_gpu_int64_offsets():
+    """N * L * F > 2^31: output, dy and x offsets need int64. Checked on the last points."""
+    spec = small_spec(3, 2, levels=16, log2=19, base=16)
+    n = 2**26 + 5
+    x = torch.rand(n, 3, device="cuda")
+    p = torch.randn(spec.n_params, device="cuda", requires_grad=True)
+    out = kgrid.grid_encode_triton(x, p, spec, table_dtype=torch.float16, out_dtype=torch.float16)
+    assert n * out.shape[1] > 2**31
+    tail = slice(n - 4099, n)
+    ref = grid_encode_torch(x[tail], p.detach().half().float(), spec)
+    assert _rel(out[tail].float(), ref) <= TOL["out16"]
+    xg = x.clone().requires_grad_(True)
+    out = kgrid.grid_encode_triton(xg, p.detach(), spec, table_dtype=torch.float16, out_dtype=torch.float16)
+    dy = torch.randn(out.shape, device="cuda", dtype=torch.float16)
+    (dx,) = torch.autograd.grad(out, xg, dy)
+    xt = x[tail].clone().requires_grad_(True)
+    (dx_ref,) = torch.autograd.grad(grid_encode_torch(xt, p.detach().half().float(), spec), xt, dy[tail].float())
+    assert _rel(dx[tail], dx_ref) <= TOL["grad16"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group,level_fastest", [(1, True), (4, False), (16, True)])
+def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
+    monkeypatch.setitem(kgrid.TUNING, "group", group)
+    monkeypatch.setitem(kgrid.TUNING, "level_fastest", level_fastest)
+    check_parity(small_spec(3, 2, levels=16, log2=19, base=16), 65537, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_hashgrid_module_uses_triton():
+    enc = HashGrid(3, {"n_levels": 8}, backend="triton").cuda()
+    x = torch.rand(4097, 3, device="cuda")
+    assert _rel(enc(x), grid_encode_torch(x, enc.params, enc.spec)) <= TOL["out"]
+
+
+@pytest.mark.gpu
+def test_gpu_empty_batch_and_no_grad():
+    spec = small_spec(3, 2, levels=4)
+    p = torch.randn(spec.n_params, device="cuda")
+    assert kgrid.grid_encode_triton(torch.empty(0, 3, device="cuda"), p, spec).shape == (0, 8)
+    with torch.no_grad():
+        x = torch.rand(1000, 3, device="cuda")
+        assert _rel(kgrid.grid_encode_triton(x, p, spec), grid_encode_torch(x, p, spec)) <= TOL["out"]

@@ -67,7 +67,7 @@ def test_lego_pixels_are_block_means_of_the_png():
 def test_second_load_hits_the_cache(monkeypatch):
     root = need_data("nerf_synthetic", "lego")
     first = load_blender(root, "test", downscale=16, max_frames=2)
-    import ngraphics.data.frames as frames
+    from ngraphics.data import frames
 
     def no_decoding(job):
         raise AssertionError(f"decoded {job.path} although it is cached")

@@ -154,8 +154,8 @@ def test_cache_round_trip_and_off(tmp_path, monkeypatch):
     assert path is not None and path.parent == tmp_path / "cache"
     assert [p.name for p in path.parent.iterdir()] == ["k.safetensors"]  # no temporary file left behind
     back = data_cache.load_arrays("k")
-    for key in arrays:
-        np.testing.assert_array_equal(back[key], arrays[key])
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back[key], value)
     path.write_bytes(b"truncated")
     assert data_cache.load_arrays("k") is None and not path.exists()  # a broken entry is a miss
     monkeypatch.setenv("NGRAPHICS_CACHE", "off")

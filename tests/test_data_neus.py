@@ -72,7 +72,7 @@ def test_recovers_K_and_normalised_c2w(dtu_like):
 def test_projection_agrees_with_world_mat(dtu_like):
     """A world point projected by world_mat (NeuS pixel convention) lands where the loaded camera projects its
     normalised position, half a pixel over."""
-    folder, Ks, c2ws, centre, radius = dtu_like
+    folder, _, _, centre, radius = dtu_like
     world_mats = np.load(folder / "cameras_sphere.npz")
     scene = load_neus(folder, "all")
     rng = np.random.default_rng(1)

@@ -62,7 +62,7 @@ def load_arrays(key: str) -> dict[str, np.ndarray] | None:
 
     try:
         return load_file(str(path))
-    except Exception:  # truncated or foreign file: drop it and rebuild
+    except Exception:  # noqa: BLE001  truncated or foreign file: drop it and rebuild
         with contextlib.suppress(OSError):
             path.unlink()
         return None

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from ngraphics.data.frames import (
-    ImageJob, check_split, holdout_indices, load_images, make_cameras, subsample, warn_missing,
+    ImageJob,
+    check_split,
+    holdout_indices,
+    load_images,
+    make_cameras,
+    subsample,
+    warn_missing,
 )
 from ngraphics.data.images import downscaled_size, image_size, to_tensor
 from ngraphics.data.scene import SceneData

@@ -39,7 +39,7 @@ def image_size(path: str | Path, where: str | None = None) -> tuple[int, int]:
 
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
-    except Exception as e:  # PIL and OpenEXR raise many types for corrupt headers
+    except Exception as e:  # noqa: BLE001  PIL and OpenEXR raise many types for corrupt headers
         raise DataError(f"{_where(path, where)}: not a readable image ({type(e).__name__}: {e})") from None
 
 
@@ -110,7 +110,7 @@ def read_mask(path: str | Path, where: str | None = None) -> np.ndarray:
 
 def downscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
     """Size of an image shrunk by `factor` (>= 1): (max(1, round(W / f)), max(1, round(H / f)))."""
-    return max(1, int(round(width / factor))), max(1, int(round(height / factor)))
+    return max(1, round(width / factor)), max(1, round(height / factor))
 
 
 def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -31,7 +31,15 @@ import torch
 
 from ngraphics.cameras import OPENGL_TO_OPENCV
 from ngraphics.data.frames import (
-    ImageJob, check_split, holdout_indices, load_images, make_cameras, number, parse_c2w, read_json, subsample,
+    ImageJob,
+    check_split,
+    holdout_indices,
+    load_images,
+    make_cameras,
+    number,
+    parse_c2w,
+    read_json,
+    subsample,
     warn_missing,
 )
 from ngraphics.data.images import IMAGE_SUFFIXES, downscaled_size, image_size, to_tensor

@@ -93,7 +93,7 @@ def load_dataset(
         raise DataError(f"downscale must be a number >= 1, got {downscale!r}")
     if procedural and fmt != "procedural":
         raise DataError(f"{path}: options {sorted(procedural)} only apply to the procedural scene")
-    common = dict(split=split, background=background, max_frames=max_frames, frame_stride=frame_stride)
+    common = {"split": split, "background": background, "max_frames": max_frames, "frame_stride": frame_stride}
     if fmt == "procedural":
         if downscale != 1 and "resolution" not in procedural:
             procedural["resolution"] = max(4, round(80 / downscale))

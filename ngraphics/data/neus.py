@@ -21,7 +21,12 @@ import numpy as np
 import torch
 
 from ngraphics.data.frames import (
-    ImageJob, check_split, holdout_indices, load_images, make_cameras, subsample,
+    ImageJob,
+    check_split,
+    holdout_indices,
+    load_images,
+    make_cameras,
+    subsample,
 )
 from ngraphics.data.images import IMAGE_SUFFIXES, downscaled_size, image_size, to_tensor
 from ngraphics.data.scene import SceneData

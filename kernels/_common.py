@@ -16,6 +16,8 @@ supplies a `LevelOps` subclass (three kernels with one argument order; the launc
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import triton
@@ -237,7 +239,7 @@ class LevelOps:
     """
 
     fwd_kernel = bwd_kernel = bwd_bwd_kernel = None
-    tuning: dict = {}
+    tuning: ClassVar[dict] = {}  # per kernel kind ("fwd", "bwd", "bwd_bwd"): block, warps, group, level_fastest
 
     def __init__(self, n_dims, n_levels, n_features, n_params, meta_rows, consts, moves=True):
         self.D, self.L, self.F, self.n_params, self.moves = n_dims, n_levels, n_features, n_params, moves
@@ -250,33 +252,33 @@ class LevelOps:
             self._meta[device] = torch.tensor(self.meta_rows, dtype=torch.int64, device=device)
         return self._meta[device]
 
-    def _group(self) -> int:
-        return max(1, min(int(self.tuning["group"]), self.L))
+    def _group(self, kind) -> int:
+        return max(1, min(int(self.tuning[kind]["group"]), self.L))
 
-    def _launch(self, kernel, x, table, *args, **flags):
-        n, block, group = x.shape[0], self.tuning["block"], self._group()
+    def _launch(self, kind, kernel, x, table, *args, **flags):
+        tune = self.tuning[kind]
+        n, block, group = x.shape[0], tune["block"], self._group(kind)
         grid = (triton.cdiv(n, block) * triton.cdiv(self.L, group),)
         kernel[grid](x, table, self.meta(x.device), *args, n, BLOCK=block, GROUP=group,
-                     LEVEL_FASTEST=self.tuning["level_fastest"], num_warps=self.tuning["warps"],
-                     **self.consts, **flags)
+                     LEVEL_FASTEST=tune["level_fastest"], num_warps=tune["warps"], **self.consts, **flags)
 
-    def _x_buffer(self, n, device) -> torch.Tensor:
-        zero = self._group() < self.L or not self.moves  # level groups add atomically
+    def _x_buffer(self, kind, n, device) -> torch.Tensor:
+        zero = self._group(kind) < self.L or not self.moves  # level groups add atomically
         return (torch.zeros if zero else torch.empty)((n, self.D), device=device, dtype=torch.float32)
 
     def forward(self, x, table, out_dtype):
         out = torch.empty((x.shape[0], self.L * self.F), device=x.device, dtype=out_dtype)
         if x.shape[0]:
-            self._launch(self.fwd_kernel, x, table, out)
+            self._launch("fwd", self.fwd_kernel, x, table, out)
         return out
 
     def backward(self, x, table, dy, need_table, need_x):
         """-> (d table (n_params,) fp32 or None, dx (N, D) fp32 or None)."""
         dtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
-        dx = self._x_buffer(x.shape[0], x.device) if need_x else None
+        dx = self._x_buffer("bwd", x.shape[0], x.device) if need_x else None
         need_x = need_x and self.moves
         if x.shape[0] and (need_table or need_x):
-            self._launch(self.bwd_kernel, x, table, dy, dtable if need_table else table, dx if need_x else x,
+            self._launch("bwd", self.bwd_kernel, x, table, dy, dtable if need_table else table, dx if need_x else x,
                          NEED_TABLE=need_table, NEED_X=need_x)
         return dtable, dx
 
@@ -290,9 +292,9 @@ class LevelOps:
         need_x = need_x and self.moves and (has_gdx or has_gdt)
         gtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
         gdy = torch.empty(dy.shape, device=x.device, dtype=torch.float32) if need_dy else None
-        gx = self._x_buffer(x.shape[0], x.device) if need_x else None
+        gx = self._x_buffer("bwd_bwd", x.shape[0], x.device) if need_x else None
         if x.shape[0] and (need_table or need_dy or need_x):
-            self._launch(self.bwd_bwd_kernel, x, table, dy, g_dx if has_gdx else x,
+            self._launch("bwd_bwd", self.bwd_bwd_kernel, x, table, dy, g_dx if has_gdx else x,
                          g_dtable if has_gdt else table, gtable if need_table else table,
                          gdy if need_dy else dy, gx if need_x else x, HAS_GDX=has_gdx, HAS_GDT=has_gdt,
                          NEED_TABLE=need_table, NEED_DY=need_dy, NEED_X=need_x)

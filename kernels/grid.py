@@ -28,18 +28,33 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from ngraphics.kernels._common import (
+    LevelOps,
+    _atomic_row,
+    _axpy,
+    _dot,
+    _fold_terms,
+    _level_meta,
+    _level_row,
+    _load_row,
+    _load_x,
+    _program,
+    _store_row,
+    _store_x,
+    _u32_terms,
+    _zeros,
+    encode,
+    level_rows,
+)
 
 from ngraphics.encodings.grid import HASH_PRIMES, GridSpec, grid_index_plan
-from ngraphics.kernels._common import (LevelOps, _atomic_row, _axpy, _dot, _fold_terms, _level_meta, _level_row,
-                                       _load_row, _load_x, _program, _store_row, _store_x, _u32_terms, _zeros,
-                                       encode, level_rows)
 
 INTERP_CODE = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 
-# Launch shape (from H100 measurements, docs/benchmarks.md): points per program, warps, levels per program
-# (a big value = all levels in one program), and whether consecutive programs take the same points'
+# Launch shape per kernel (from H100 measurements, docs/benchmarks.md): points per program, warps, levels
+# per program (>= L: all levels in one program), and whether consecutive programs take the same points'
 # next level group (level_fastest) or the next points' same level group (tcnn's order).
-TUNING = {"block": 128, "warps": 4, "group": 1, "level_fastest": False}
+TUNING = {kind: {"block": 128, "warps": 4, "group": 1, "level_fastest": False} for kind in ("fwd", "bwd", "bwd_bwd")}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,7 +150,7 @@ def _fwd_level(xs, table_ptr, scale, off, size, factors, HASHED: tl.constexpr, D
                F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr):
     """sum_c w_c table[row_c] -> tuple of F (BLOCK,) fp32."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
-    lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
+    lo, hi, wu, wl, _, _ = _level_setup(xs, scale, factors, D, INTERP)
     acc = _zeros(F, BLOCK)
     for c in tl.static_range(NC):
         row = _corner_row(lo, hi, c, HASHED, size, off)
@@ -150,7 +165,7 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
     """dtable[row_c] += w_c dy (atomics); returns dx + sum_c (dw_c/dx) (dy . table[row_c]), where
     dw_c/dx_k = sign_k(c) dw_k prod_{d != k} w_d(c): corners are summed first, dw_k multiplies last."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
-    lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
+    lo, hi, wu, wl, dw, _ = _level_setup(xs, scale, factors, D, INTERP)
     gs = ()  # gs[c] = dy . table[row_c]
     for c in tl.static_range(NC):
         row = _corner_row(lo, hi, c, HASHED, size, off)

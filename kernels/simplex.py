@@ -27,13 +27,29 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from ngraphics.kernels._common import (
+    LevelOps,
+    _atomic_row,
+    _axpy,
+    _dot,
+    _fold_terms,
+    _level_meta,
+    _level_row,
+    _load_row,
+    _load_x,
+    _program,
+    _store_row,
+    _store_x,
+    _u32_terms,
+    _zeros,
+    encode,
+    level_rows,
+)
 
 from ngraphics.encodings.simplex import PRIMES, SimplexSpec, skew_factor
-from ngraphics.kernels._common import (LevelOps, _atomic_row, _axpy, _dot, _fold_terms, _level_meta, _level_row,
-                                       _load_row, _load_x, _program, _store_row, _store_x, _u32_terms, _zeros,
-                                       encode, level_rows)
 
-TUNING = {"block": 128, "warps": 4, "group": 1, "level_fastest": False}
+# Launch shape per kernel, as kernels/grid.py's TUNING.
+TUNING = {kind: {"block": 128, "warps": 4, "group": 1, "level_fastest": False} for kind in ("fwd", "bwd", "bwd_bwd")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
 pytest.importorskip("triton")
 
-import ngraphics.kernels._common as kcommon  # noqa: E402
-import ngraphics.kernels.grid as kgrid  # noqa: E402
-from ngraphics.encodings.grid import HashGrid, grid_encode_torch, grid_spec  # noqa: E402
+import ngraphics.kernels._common as kcommon
+import ngraphics.kernels.grid as kgrid
+
+from ngraphics.encodings.grid import HashGrid, grid_encode_torch, grid_spec
 
 INTERPRETED = type(kgrid._grid_fwd_kernel).__name__ == "InterpretedFunction"
 if os.environ.get("TRITON_INTERPRET") == "1" and not INTERPRETED:  # imported earlier without the interpreter
@@ -123,8 +124,8 @@ def test_interpreter_parity(D, F, interpolation, grid_type, table_dtype):
 @needs_interpreter
 def test_interpreter_level_groups_and_fp16_output(monkeypatch):
     """All levels in one program (GROUP = L) and level-first program order give the same results."""
-    monkeypatch.setitem(kgrid.TUNING, "group", 3)
-    monkeypatch.setitem(kgrid.TUNING, "level_fastest", True)
+    for kind in kgrid.TUNING:
+        monkeypatch.setitem(kgrid.TUNING, kind, dict(kgrid.TUNING[kind], group=3, level_fastest=True))
     spec = small_spec(3, 2, levels=4, log2=7)
     check_parity(spec, 37, "cpu", table_dtype=torch.float16, out_dtype=torch.float16)
 
@@ -179,8 +180,8 @@ def test_gpu_int64_offsets():
 @pytest.mark.gpu
 @pytest.mark.parametrize("group,level_fastest", [(1, True), (4, False), (16, True)])
 def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
-    monkeypatch.setitem(kgrid.TUNING, "group", group)
-    monkeypatch.setitem(kgrid.TUNING, "level_fastest", level_fastest)
+    for kind in kgrid.TUNING:
+        monkeypatch.setitem(kgrid.TUNING, kind, dict(kgrid.TUNING[kind], group=group, level_fastest=level_fastest))
     check_parity(small_spec(3, 2, levels=16, log2=19, base=16), 65537, "cuda")
 
 

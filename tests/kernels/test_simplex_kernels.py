@@ -22,9 +22,10 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
 pytest.importorskip("triton")
 
-import ngraphics.kernels._common as kcommon  # noqa: E402
-import ngraphics.kernels.simplex as ksimplex  # noqa: E402
-from ngraphics.encodings.simplex import Simplex, simplex_encode_torch, simplex_spec, unskew_factor  # noqa: E402
+import ngraphics.kernels._common as kcommon
+import ngraphics.kernels.simplex as ksimplex
+
+from ngraphics.encodings.simplex import Simplex, simplex_encode_torch, simplex_spec, unskew_factor
 
 INTERPRETED = type(ksimplex._simplex_fwd_kernel).__name__ == "InterpretedFunction"
 if os.environ.get("TRITON_INTERPRET") == "1" and not INTERPRETED:  # imported earlier without the interpreter
@@ -105,8 +106,8 @@ def test_interpreter_parity(D, F, log2, table_dtype):
 
 @needs_interpreter
 def test_interpreter_level_groups_and_fp16_output(monkeypatch):
-    monkeypatch.setitem(ksimplex.TUNING, "group", 3)
-    monkeypatch.setitem(ksimplex.TUNING, "level_fastest", True)
+    for kind in ksimplex.TUNING:
+        monkeypatch.setitem(ksimplex.TUNING, kind, dict(ksimplex.TUNING[kind], group=3, level_fastest=True))
     check_parity(small_spec(3, 2, levels=4), 37, "cpu", table_dtype=torch.float16, out_dtype=torch.float16)
 
 
@@ -131,8 +132,8 @@ def test_gpu_parity(D, F, log2, levels, table_dtype, out_dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("group,level_fastest", [(1, True), (16, False)])
 def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
-    monkeypatch.setitem(ksimplex.TUNING, "group", group)
-    monkeypatch.setitem(ksimplex.TUNING, "level_fastest", level_fastest)
+    for kind in ksimplex.TUNING:
+        monkeypatch.setitem(ksimplex.TUNING, kind, dict(ksimplex.TUNING[kind], group=group, level_fastest=level_fastest))
     check_parity(small_spec(4, 2, log2=19, levels=16, base=16), 65537, "cuda")
 
 

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", nargs="?", help="PNG/JPG/EXR to fit (default: scikit-image's astronaut)")
     parser.add_argument("--encoding", metavar="NAME|FILE", help=f"encoding name ({_NAMES}) or a JSON/YAML file")
     parser.add_argument("--config", metavar="FILE", help="whole config: tinycudann JSON or ngraphics YAML")
-    parser.add_argument("--steps", type=int, help="training steps (default: 500 on CPU, 5000 on CUDA)")
-    parser.add_argument("--batch", type=int, help="points per step (default: 2^14 on CPU, 2^18 on CUDA)")
+    parser.add_argument("--steps", type=int, help="training steps (default: 300 on CPU, 5000 on CUDA)")
+    parser.add_argument("--batch", type=int, help="points per step (default: 2^13 on CPU, 2^18 on CUDA)")
     parser.add_argument("--max-size", type=int, help="downscale the image to this longer side (0: full size; "
                         "default 512)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/fit-image-<image>-<encoding>)")

@@ -170,7 +170,7 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
     for c in tl.static_range(NC):
         row = _corner_row(lo, hi, c, HASHED, size, off)
         if NEED_TABLE:
-            _atomic_row(dtable_ptr, row, _weight(wu, wl, c, -1, -1, D), dy, F, mask)
+            _atomic_row(dtable_ptr, row, _weight(wu, wl, c, -1, -1, D), dy)
         if NEED_X:
             gs = gs + (_dot(_load_row(table_ptr, row, F, None), dy, F),)
     if NEED_X:
@@ -207,7 +207,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
             for k in tl.static_range(D):
                 a += _signed(c, k, u[k] * _weight(wu, wl, c, k, k, D))
             if NEED_TABLE:
-                _atomic_row(gtable_ptr, row, a, dy, F, mask)
+                _atomic_row(gtable_ptr, row, a, dy)
             if NEED_DY or NEED_X:
                 v = _load_row(table_ptr, row, F, None)
                 gdy = _axpy(gdy, a, v, F)

@@ -163,7 +163,7 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
     for k in tl.static_range(D + 1):
         row = _vertex_row(lo, hi, ranks, k, HASHED, size, off)
         if NEED_TABLE:
-            _atomic_row(dtable_ptr, row, w[k], dy, F, mask)
+            _atomic_row(dtable_ptr, row, w[k], dy)
         if NEED_X:
             gs = gs + (_dot(_load_row(table_ptr, row, F, None), dy, F),)
     if NEED_X:
@@ -197,7 +197,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
         row = _vertex_row(lo, hi, ranks, k, HASHED, size, off)
         if HAS_GDX:
             if NEED_TABLE:
-                _atomic_row(gtable_ptr, row, a[k], dy, F, mask)
+                _atomic_row(gtable_ptr, row, a[k], dy)
             if NEED_DY:
                 gdy = _axpy(gdy, a[k], _load_row(table_ptr, row, F, None), F)
         if HAS_GDT and (NEED_DY or NEED_X):

@@ -30,8 +30,8 @@ def compile_times(cases: list[dict], *, batch_size: int = 2**16, dtype: str = "f
     with tempfile.TemporaryDirectory(prefix="ngraphics-triton-cache-") as cache:
         env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": _pythonpath()}
         env.pop("TRITON_INTERPRET", None)
-        cold = _probe(spec, env, timeout_s)
-        cached = _probe(spec, env, timeout_s)
+        cold = _probe(spec, env, timeout_s, cache)
+        cached = _probe(spec, env, timeout_s, cache)
     rows = []
     for i, case in enumerate(cases):
         a, b = cold.get(i, {}), cached.get(i, {})
@@ -53,10 +53,12 @@ def _pythonpath() -> str:
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _probe(spec: dict, env: dict, timeout_s: float) -> dict[int, dict]:
+def _probe(spec: dict, env: dict, timeout_s: float, cwd: str) -> dict[int, dict]:
+    # cwd: `python -m` puts the working directory first on sys.path; a neutral one makes the probe import
+    # the same ngraphics as this process (not a source tree that happens to be the working directory).
     cmd = [sys.executable, "-m", "ngraphics.profiling.compile_time", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
     except subprocess.TimeoutExpired:
         return {i: {"error": f"probe timed out after {timeout_s:.0f} s"} for i in range(len(spec["cases"]))}
     out = {}

@@ -208,12 +208,16 @@ def psnr(prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarra
 
 
 def build_model(n_channels: int, config: FitImageConfig, *, backend: str = "auto", strict: bool = True) -> nn.Module:
-    """Encoding + MLP mapping uv (N, 2) to colour (N, n_channels), from the config's encoding/network blocks."""
+    """Encoding + MLP mapping uv (N, 2) to colour (N, n_channels), from the config's encoding/network blocks;
+    initialised from `config.fit.seed` (tcnn's PCG32 stream for the MLP and grids), without touching the
+    caller's torch random state."""
     from ngraphics.networks import NetworkWithInputEncoding
 
-    return NetworkWithInputEncoding(
-        2, n_channels, config.encoding, config.network, backend=backend, strict=strict
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.fit.seed)  # for encodings initialised from torch's generator
+        return NetworkWithInputEncoding(
+            2, n_channels, config.encoding, config.network, seed=config.fit.seed, backend=backend, strict=strict
+        )
 
 
 class ImageFitter:
@@ -237,7 +241,6 @@ class ImageFitter:
         if self.image.dim() != 3:
             raise ValueError(f"image must be (H, W, C), got {tuple(self.image.shape)}")
         self.height, self.width, self.n_channels = self.image.shape
-        torch.manual_seed(config.fit.seed)
         self.model = build_model(self.n_channels, config, backend=backend, strict=strict).to(self.device)
         self.unknown_keys = [f"{part}.{k}" for part in ("encoding", "network")
                              for k in getattr(self.model, part).unknown_keys]
@@ -283,8 +286,6 @@ def constant_colour_psnr(image: torch.Tensor | np.ndarray) -> float:
     img = torch.as_tensor(image, dtype=torch.float64).clamp(0, 1)
     mean = img.reshape(-1, img.shape[-1]).mean(0)
     return psnr(mean.expand_as(img), img)
-
-
 
 
 # --- inputs: the target image and the config ---------------------------------------------------------------

@@ -384,20 +384,26 @@ def _n_programs(device: torch.device, n_tiles: int, per_sm: int) -> int:
 
 
 def tile_config(spec: MLPSpec, dtype: torch.dtype, backward: bool) -> dict:
-    """Launch parameters for one spec (never depends on N). RESIDENT: weights held in registers / shared
-    memory for the whole program; ACC_REGS: weight-gradient sums held in registers (backward)."""
-    w = max(spec.n_neurons if spec.n_hidden_layers else 16, spec.padded_input_dims, spec.padded_output_dims)
-    n_params_p2 = sum(_p2(r) * _p2(c) for r, c in spec.layer_shapes())
-    cfg = {
-        "block_m": 128 if w <= 64 else 64,
-        "num_warps": 4 if w <= 32 else 8,
-        "per_sm": 2,
-        "resident": n_params_p2 <= 2 * 128 * 128,
-        "acc_regs": n_params_p2 <= 128 * 128,
-        "num_stages": 1,
-    }
-    if dtype == torch.float32:
-        cfg["block_m"] = min(cfg["block_m"], 64)
+    """Launch parameters for one spec (never N): block_m rows per tile, num_warps, per_sm programs per SM,
+    resident (weights loaded once per program) and, backward, acc_regs (weight-gradient sums in registers;
+    else in the program's row of the fp32 buffer). Chosen from ptxas reports for sm_90 (no register spills
+    where some candidate has none; see docs/benchmarks.md) and H100 timings of the benchmark network."""
+    w_p = _p2(spec.n_neurons) if spec.n_hidden_layers else 0
+    in_p = _p2(spec.padded_input_dims)
+    columns = spec.n_hidden_layers * w_p  # hidden activations a backward tile keeps live, per row
+    if not backward:
+        cfg = dict(block_m=128, num_warps=8, per_sm=2, resident=True)
+    elif in_p > 32:  # wide inputs: the x tile and the first matrix's sums crowd the registers
+        cfg = dict(block_m=32, num_warps=4, per_sm=2, resident=False, acc_regs=False)
+    elif columns <= 128 and w_p <= 64:
+        cfg = dict(block_m=128, num_warps=8, per_sm=1, resident=True, acc_regs=True)
+    elif columns <= 128:
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=True)
+    elif columns <= 192:
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=False)
+    else:
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=False, acc_regs=False)
+    cfg["num_stages"] = 1
     cfg.update(TUNING.get("bwd" if backward else "fwd", {}))
     return cfg
 

@@ -16,6 +16,7 @@ supplies a `LevelOps` subclass (three kernels with one argument order; the launc
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 import numpy as np
@@ -155,13 +156,37 @@ def _store_row(ptr, row, vals, F: tl.constexpr, mask):
 
 
 @triton.jit
-def _atomic_row(ptr, row, scale, vals):
-    """fp32 ptr[row * F + f] += scale * vals[f] (relaxed; the result is unused, so `red`). Unmasked: callers
-    pass vals = 0 for points past N (dy is loaded with other=0) and every row is valid, so a masked-out lane
-    adds 0; a predicated atomic costs a branch per instruction in SASS."""
+def _red_v(addr, vals, START: tl.constexpr, WIDTH: tl.constexpr):
+    """One vector reduction (sm_90 `red.global.add.v2/v4.f32`) of vals[START : START + WIDTH] at addr."""
+    if WIDTH == 2:
+        tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};\n mov.b32 $0, 0;",
+                                  "=r,l,f,f", [addr, vals[START], vals[START + 1]], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+    else:
+        tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5};\n mov.b32 $0, 0;",
+                                  "=r,l,f,f,f,f", [addr, vals[START], vals[START + 1], vals[START + 2],
+                                                   vals[START + 3]], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _atomic_row(ptr, row, scale, vals, VEC: tl.constexpr):
+    """fp32 ptr[row * F + f] += scale * vals[f] (relaxed; the result is unused, so `red`). VEC (sm_90+, not
+    under the interpreter): one vector reduction per 2 or 4 features instead of one per feature, which
+    halves or quarters the atomic operations the L2 must serialise. Unmasked: callers pass vals = 0 for
+    points past N (dy is loaded with other=0) and every row is valid, so a masked-out lane adds 0 (a
+    predicated atomic costs a branch per instruction in SASS)."""
     F: tl.constexpr = len(vals)
-    for f in tl.static_range(F):
-        tl.atomic_add(ptr + row * F + f, scale * vals[f], sem="relaxed")
+    if VEC and F >= 2:
+        scaled = ()
+        for f in tl.static_range(F):
+            scaled = scaled + (scale * vals[f],)
+        WIDTH: tl.constexpr = 2 if F == 2 else 4
+        for k in tl.static_range(F // WIDTH):
+            addr = (ptr + row * F + k * WIDTH).to(tl.int64, bitcast=True)
+            _red_v(addr, scaled, k * WIDTH, WIDTH)
+    else:
+        for f in tl.static_range(F):
+            tl.atomic_add(ptr + row * F + f, scale * vals[f], sem="relaxed")
 
 
 @triton.jit
@@ -231,6 +256,13 @@ def _store_x(ptr, pts, vals, mask, D: tl.constexpr, ATOMIC: tl.constexpr):
 # Autograd
 
 
+def vector_atomics(device: torch.device) -> bool:
+    """Vector fp32 reductions (`red.global.add.v2/v4.f32`) exist from sm_90; the interpreter has no PTX."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 class LevelOps:
     """Launchers of one encoding spec (the `ops` of `EncodeFn`). A subclass sets the three kernels, which
     share one argument order: fwd(x, table, meta, out, N), bwd(x, table, meta, dy, dtable, dx, N),
@@ -242,6 +274,7 @@ class LevelOps:
     """
 
     fwd_kernel = bwd_kernel = bwd_bwd_kernel = None
+    fp_fusion = True  # False: no fma contraction (where the reference's rounding must be matched op by op)
     tuning: ClassVar[dict] = {}  # per kernel kind ("fwd", "bwd", "bwd_bwd"): block, warps, group, level_fastest
 
     def __init__(self, n_dims, n_levels, n_features, n_params, meta_rows, consts, moves=True):
@@ -263,7 +296,8 @@ class LevelOps:
         n, block, group = x.shape[0], tune["block"], self._group(kind)
         grid = (triton.cdiv(n, block) * triton.cdiv(self.L, group),)
         kernel[grid](x, table, self.meta(x.device), *args, n, BLOCK=block, GROUP=group,
-                     LEVEL_FASTEST=tune["level_fastest"], num_warps=tune["warps"], **self.consts, **flags)
+                     LEVEL_FASTEST=tune["level_fastest"], VEC=vector_atomics(x.device), num_warps=tune["warps"],
+                     enable_fp_fusion=self.fp_fusion, **self.consts, **flags)
 
     def _x_buffer(self, kind, n, device) -> torch.Tensor:
         zero = self._group(kind) < self.L or not self.moves  # level groups add atomically

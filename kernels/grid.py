@@ -161,7 +161,7 @@ def _fwd_level(xs, table_ptr, scale, off, size, factors, HASHED: tl.constexpr, D
 @triton.jit
 def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, HASHED: tl.constexpr,
                D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
-               NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
+               NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr, VEC: tl.constexpr):
     """dtable[row_c] += w_c dy (atomics); returns dx + sum_c (dw_c/dx) (dy . table[row_c]), where
     dw_c/dx_k = sign_k(c) dw_k prod_{d != k} w_d(c): corners are summed first, dw_k multiplies last."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
@@ -170,7 +170,7 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
     for c in tl.static_range(NC):
         row = _corner_row(lo, hi, c, HASHED, size, off)
         if NEED_TABLE:
-            _atomic_row(dtable_ptr, row, _weight(wu, wl, c, -1, -1, D), dy)
+            _atomic_row(dtable_ptr, row, _weight(wu, wl, c, -1, -1, D), dy, VEC)
         if NEED_X:
             gs = gs + (_dot(_load_row(table_ptr, row, F, None), dy, F),)
     if NEED_X:
@@ -188,7 +188,8 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
 def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off, size, factors,
                    HASHED: tl.constexpr, D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr,
                    BLOCK: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
-                   NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+                   NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr,
+                   VEC: tl.constexpr):
     """One level of the double backward (formulas at `_grid_bwd_bwd_kernel`) -> (gdy tuple of F, gx tuple of D)."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
     DX_TERMS: tl.constexpr = HAS_GDX and INTERP != 0
@@ -207,7 +208,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
             for k in tl.static_range(D):
                 a += _signed(c, k, u[k] * _weight(wu, wl, c, k, k, D))
             if NEED_TABLE:
-                _atomic_row(gtable_ptr, row, a, dy)
+                _atomic_row(gtable_ptr, row, a, dy, VEC)
             if NEED_DY or NEED_X:
                 v = _load_row(table_ptr, row, F, None)
                 gdy = _axpy(gdy, a, v, F)
@@ -243,7 +244,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
 @triton.jit(do_not_specialize=["N"])
 def _grid_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D: tl.constexpr,
                      F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
-                     LEVEL_FASTEST: tl.constexpr):
+                     LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr):
     """out[i, l*F + f] = sum_c w_c(x_i) table[row_c(x_i), f]."""
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
@@ -261,8 +262,8 @@ def _grid_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D:
 @triton.jit(do_not_specialize=["N"])
 def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, L: tl.constexpr,
                      D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
-                     GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, NEED_TABLE: tl.constexpr,
-                     NEED_X: tl.constexpr):
+                     GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
+                     NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
     """dtable[row_c] += w_c(x_i) dy[i, l] (fp32 atomics);  dx_i = sum_l sum_c (dw_c/dx) (dy[i, l] . table[row_c])."""
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
@@ -274,10 +275,10 @@ def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, 
             dy = _load_row(dy_ptr, pts * L + level, F, mask)
             if hashed:
                 dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, True, D, F,
-                                INTERP, BLOCK, NEED_TABLE, NEED_X)
+                                INTERP, BLOCK, NEED_TABLE, NEED_X, VEC)
             else:
                 dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, False, D,
-                                F, INTERP, BLOCK, NEED_TABLE, NEED_X)
+                                F, INTERP, BLOCK, NEED_TABLE, NEED_X, VEC)
     if NEED_X:
         _store_x(dx_ptr, pts, dx, mask, D, GROUP < L)
 
@@ -286,8 +287,8 @@ def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, 
 def _grid_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, gtable_ptr, gdy_ptr, gx_ptr, N,
                          L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr,
                          BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr,
-                         HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr, NEED_TABLE: tl.constexpr,
-                         NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+                         VEC: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
+                         NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
     """Backward of (dtable, dx) = bwd(x, table, dy) given cotangents gdx (N, D) and gdt (table-shaped).
     With a_c = sum_j gdx_j dw_c/dx_j = sum_j sign_j u_j prod_{d != j} w_d  (u_j = gdx_j dw_j):
       gtable[row_c] += a_c dy                              (from gdx)
@@ -308,11 +309,11 @@ def _grid_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, g
             if hashed:
                 gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
                                          size, factors, True, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
-                                         NEED_TABLE, NEED_DY, NEED_X)
+                                         NEED_TABLE, NEED_DY, NEED_X, VEC)
             else:
                 gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
                                          size, factors, False, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
-                                         NEED_TABLE, NEED_DY, NEED_X)
+                                         NEED_TABLE, NEED_DY, NEED_X, VEC)
             if NEED_DY:
                 _store_row(gdy_ptr, pts * L + level, gdy, F, mask)
     if NEED_X:

@@ -156,14 +156,14 @@ def _fwd_level(xs, table_ptr, scale, off, size, factors, HASHED: tl.constexpr, D
 @triton.jit
 def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, HASHED: tl.constexpr,
                D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr, BLOCK: tl.constexpr,
-               NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
+               NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr, VEC: tl.constexpr):
     lo, hi, fr, ranks = _simplex_setup(xs, scale, factors, D, SKEW)
     w = _diffs(_sorted(fr, ranks, D), 1.0, D)
     gs = ()
     for k in tl.static_range(D + 1):
         row = _vertex_row(lo, hi, ranks, k, HASHED, size, off)
         if NEED_TABLE:
-            _atomic_row(dtable_ptr, row, w[k], dy)
+            _atomic_row(dtable_ptr, row, w[k], dy, VEC)
         if NEED_X:
             gs = gs + (_dot(_load_row(table_ptr, row, F, None), dy, F),)
     if NEED_X:
@@ -179,7 +179,8 @@ def _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factor
 def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off, size, factors,
                    HASHED: tl.constexpr, D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr,
                    BLOCK: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
-                   NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+                   NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr,
+                   VEC: tl.constexpr):
     lo, hi, fr, ranks = _simplex_setup(xs, scale, factors, D, SKEW)
     w = _diffs(_sorted(fr, ranks, D), 1.0, D)
     a = ()
@@ -197,7 +198,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
         row = _vertex_row(lo, hi, ranks, k, HASHED, size, off)
         if HAS_GDX:
             if NEED_TABLE:
-                _atomic_row(gtable_ptr, row, a[k], dy)
+                _atomic_row(gtable_ptr, row, a[k], dy, VEC)
             if NEED_DY:
                 gdy = _axpy(gdy, a[k], _load_row(table_ptr, row, F, None), F)
         if HAS_GDT and (NEED_DY or NEED_X):
@@ -220,7 +221,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
 @triton.jit(do_not_specialize=["N"])
 def _simplex_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D: tl.constexpr,
                         F: tl.constexpr, SKEW: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
-                        LEVEL_FASTEST: tl.constexpr):
+                        LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr):
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
     for j in range(GROUP):
@@ -237,8 +238,8 @@ def _simplex_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr,
 @triton.jit(do_not_specialize=["N"])
 def _simplex_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, L: tl.constexpr,
                         D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr, BLOCK: tl.constexpr,
-                        GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, NEED_TABLE: tl.constexpr,
-                        NEED_X: tl.constexpr):
+                        GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
+                        NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
     dx = _zeros(D, BLOCK)
@@ -249,10 +250,10 @@ def _simplex_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, 
             dy = _load_row(dy_ptr, pts * L + level, F, mask)
             if hashed:
                 dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, True, D, F,
-                                SKEW, BLOCK, NEED_TABLE, NEED_X)
+                                SKEW, BLOCK, NEED_TABLE, NEED_X, VEC)
             else:
                 dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, False, D,
-                                F, SKEW, BLOCK, NEED_TABLE, NEED_X)
+                                F, SKEW, BLOCK, NEED_TABLE, NEED_X, VEC)
     if NEED_X:
         _store_x(dx_ptr, pts, dx, mask, D, GROUP < L)
 
@@ -261,8 +262,8 @@ def _simplex_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, 
 def _simplex_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, gtable_ptr, gdy_ptr, gx_ptr,
                             N, L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr,
                             BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr,
-                            HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr, NEED_TABLE: tl.constexpr,
-                            NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
+                            VEC: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
+                            NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
     gdx = ()
@@ -277,11 +278,11 @@ def _simplex_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr
             if hashed:
                 gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
                                          size, factors, True, D, F, SKEW, BLOCK, HAS_GDX, HAS_GDT, NEED_TABLE,
-                                         NEED_DY, NEED_X)
+                                         NEED_DY, NEED_X, VEC)
             else:
                 gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
                                          size, factors, False, D, F, SKEW, BLOCK, HAS_GDX, HAS_GDT, NEED_TABLE,
-                                         NEED_DY, NEED_X)
+                                         NEED_DY, NEED_X, VEC)
             if NEED_DY:
                 _store_row(gdy_ptr, pts * L + level, gdy, F, mask)
     if NEED_X:
@@ -297,6 +298,9 @@ class SimplexOps(LevelOps):
 
     fwd_kernel, bwd_kernel, bwd_bwd_kernel = _simplex_fwd_kernel, _simplex_bwd_kernel, _simplex_bwd_bwd_kernel
     tuning = TUNING
+    # x * s + 0.5 and p + F_D * sum(p) round like the reference (no fma): at fine levels (s ~ 5e5) float32
+    # keeps ~4 fraction bits, so one rounding more or less moves points to another simplex.
+    fp_fusion = False
 
     def __init__(self, spec: SimplexSpec):
         D = spec.n_dims

@@ -174,7 +174,10 @@ def simplex_vertices_and_weights(x_level: torch.Tensor) -> tuple[torch.Tensor, t
     vertex that differs gets weight 0, so either choice gives the same interpolated value.
     """
     n, d = x_level.shape
-    q = x_level + skew_factor(d) * x_level.sum(dim=1, keepdim=True)  # (N, D) skewed
+    total = x_level[:, :1]
+    for dim in range(1, d):  # left to right, as the Triton kernel: at fine levels (s ~ 5e5) float32 keeps
+        total = total + x_level[:, dim:dim + 1]  # few fraction bits, so the rounding order must match
+    q = x_level + skew_factor(d) * total  # (N, D) skewed
     base = torch.floor(q)  # (N, D), no gradient
     frac, order = torch.sort(q - base, dim=1, descending=True, stable=True)  # (N, D) each
     steps = torch.nn.functional.one_hot(order, d).cumsum(

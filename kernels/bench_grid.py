@@ -11,7 +11,9 @@ Sections (each a flag; no flag = all but --sweep):
                corner reads/s against the ceilings.
   --compile    first-call compile time of each kernel, in a child process with a fresh TRITON_CACHE_DIR (cold)
                and in a second child process with the same cache (cached).
-  --tune K=V   launch-shape overrides for --main, e.g. `--tune fwd.block=256`.
+  --tune K=V   launch-shape overrides for --main, e.g. `--tune grid.fwd.block=256`.
+  --once       one forward, backward (tables) and backward (tables + x) of grid and simplex on config A,
+               2^22 points, fp16 tables: a target for `ncu` (e.g. `ncu --metrics ... python -m ... --once`).
 Results print as tables; `--json PATH` also writes them.
 """
 
@@ -238,12 +240,23 @@ def compile_times() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("ceilings", "sweep", "main", "compile"):
+    for flag in ("ceilings", "sweep", "main", "compile", "once"):
         ap.add_argument(f"--{flag}", action="store_true")
     ap.add_argument("--tune", action="append", default=[], help="enc.kind.key=value, e.g. grid.fwd.block=256")
     ap.add_argument("--best-from-sweep", action="store_true", help="run --main with the sweep's fastest shapes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.once:
+        for kind in ("grid", "simplex"):
+            spec, _, params, x, dy = make_case(kind, 3, CONFIG_A, 2**22, torch.float16, torch.float16)
+            ops = (kgrid.grid_ops if kind == "grid" else ksimplex.simplex_ops)(spec)
+            table = params.detach().half()
+            for _ in range(2):  # the first round compiles
+                ops.forward(x, table, torch.float16)
+                ops.backward(x, table, dy, True, False)
+                ops.backward(x, table, dy, True, True)
+        torch.cuda.synchronize()
+        return 0
     if not (args.ceilings or args.sweep or args.main or args.compile):
         args.ceilings = args.main = args.compile = True
     props = torch.cuda.get_device_properties(0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from ngraphics.backends import resolve_backend
+
 
 def offsets_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """Packed offsets from per-ray sample counts.
@@ -75,6 +77,7 @@ def composite(
     ray_indices: torch.Tensor,
     offsets: torch.Tensor,
     background: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Alpha-composite packed samples along their rays.
 
@@ -85,6 +88,7 @@ def composite(
         ray_indices: ray of each sample. (N,) int64, sorted ascending.
         offsets: packed offsets. (R + 1,) int64 (R rays, also those without samples).
         background: colour behind each ray. (R, 3) or (3,) float, or None for black.
+        backend: auto | torch | triton (`ngraphics.kernels.compositing.composite_triton`, same outputs).
     Returns: dict
         rgb (R, 3) float32, composited over the background;
         alpha (R,) float32, accumulated opacity sum_i w_i;
@@ -97,6 +101,10 @@ def composite(
         >>> composite(torch.tensor([1e3, 1e3]), torch.ones(2, 3), torch.tensor([0., 1.]), torch.tensor([1., 2.]), z, off)["alpha"]
         tensor([1.])
     """
+    if resolve_backend(backend, sigmas.device) == "triton":
+        from ngraphics.kernels.compositing import composite_triton
+
+        return composite_triton(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, background)
     R = offsets.shape[0] - 1
     T, alpha = transmittance_packed(sigmas, t_starts.detach(), t_ends.detach(), ray_indices, offsets)
     weights = T * alpha  # (N,)

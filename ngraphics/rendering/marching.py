@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ngraphics.backends import resolve_backend
 from ngraphics.rendering.compositing import offsets_from_counts, transmittance_packed
 from ngraphics.rendering.occupancy import OccupancyGrid
 
@@ -142,6 +143,7 @@ def march(
     alpha_thre: float = 0.0,
     jitter: bool = False,
     max_steps: int = 4096,
+    backend: str = "auto",
 ) -> RaySamples:
     """Samples along rays in occupied space, front to back.
 
@@ -158,8 +160,15 @@ def march(
         alpha_thre: drop samples whose opacity 1 - exp(-sigma dt) is below this (needs density_fn).
         jitter: move each ray's first step by a random fraction of step_size (training).
         max_steps: cap on candidate steps per ray (keeps the (R, S) buffer bounded).
+        backend: auto | torch | triton (`ngraphics.kernels.marching.march_triton`, same samples).
     Returns: RaySamples. Not differentiable (distances only).
     """
+    if resolve_backend(backend, origins.device) == "triton":
+        from ngraphics.kernels.marching import march_triton
+
+        return march_triton(origins, directions, grid, step_size=step_size, near=near, far=far,
+                            cone_angle=cone_angle, max_step=max_step, density_fn=density_fn,
+                            early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, jitter=jitter, max_steps=max_steps)
     R = origins.shape[0]
     aabb = grid.outer_aabb.to(origins.device)
     t_near, t_far = ray_aabb(origins, directions, aabb)

@@ -124,6 +124,12 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Occupied flag of world points. x: (N, 3) float32 -> (N,) bool (False outside the outer box)."""
+        if self.levels == 1:  # the common bounded case, without the per-point level search
+            res = self.resolution
+            u = (x - self.aabb[0]) * (res / (self.aabb[1] - self.aabb[0]))  # (N, 3) in cells
+            inside = (u.amin(-1) >= 0) & (u.amax(-1) <= res)
+            ijk = u.to(torch.int64).clamp_(0, res - 1)
+            return self.binary[0][(ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]] & inside
         level, index, inside = self.cell_index(x)
         return self.binary[level, index] & inside
 

@@ -1,0 +1,44 @@
+"""Evaluate a trained run on its test split: PSNR and SSIM per view and mean, images into RUN/eval/.
+
+    ngraphics eval runs/nerf-default-20261124-101500
+    ngraphics eval my-run --split val
+
+LPIPS is not computed: it needs network weights downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="run folder (path or name under --runs-dir)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's data.eval_split)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--runs-dir", default="runs", metavar="DIR")
+    parser.add_argument("--no-images", action="store_true", help="metrics only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ngraphics.io.atomic import atomic_write_text
+    from ngraphics.training.run_folder import resolve_run
+    from ngraphics.training.trainer import evaluate_method, restore_run
+
+    folder = resolve_run(args.run, args.runs_dir)
+    config, method, scene, checkpoint = restore_run(folder, args.split, args.device)
+    split = args.split or config.data.eval_split
+    out_dir = None if args.no_images else folder.eval_dir
+    result = evaluate_method(method, scene, config.data.eval_background, None, out_dir)
+    step = int(checkpoint.stem.split("_")[-1])
+    summary = {"split": split, "step": step, "checkpoint": str(checkpoint), **result}
+    atomic_write_text(folder.eval_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    folder.log({"step": step, "split": split, "eval": True, "psnr": result["psnr"], "ssim": result["ssim"],
+                "n_views": result["n_views"]})
+    for view in result["per_view"]:
+        print(f"  {view['name']:<24} PSNR {view['psnr']:6.2f} dB  SSIM {view['ssim']:.4f}")
+    print(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['n_views']} views "
+          f"(step {step}, background {config.data.eval_background})")
+    print(f"images and metrics.json: {folder.eval_dir}/", file=sys.stderr)
+    return 0

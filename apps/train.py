@@ -1,0 +1,71 @@
+"""Train a scene from a YAML config into a run folder (default: NeRF on the built-in procedural scene).
+
+    ngraphics train                                   # configs/nerf/default.yaml: procedural scene, CPU-sized
+    ngraphics train nerf/lego --data path/to/nerf_synthetic/lego
+    ngraphics train configs/nerf/fox.yaml --data path/to/fox --set trainer.time_budget_s=60
+    ngraphics train --resume runs/nerf-lego-20261124-101500 --set trainer.steps=40000
+
+CONFIG is a YAML file or a bundled name (nerf/default, nerf/lego, nerf/fox, nerf/colmap). `--set key=value`
+overrides any key (`trainer.steps=2000`, `model.field.encoding.n_levels=8`). The run folder
+runs/<name>/ gets config.yaml, metrics.jsonl, checkpoints/ and renders/. Ctrl-C saves a checkpoint;
+`--resume RUN` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config or bundled name (default: nerf/default)")
+    parser.add_argument("--data", metavar="PATH", help="dataset folder or file (sets data.path)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set trainer.steps=2000 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN", help="continue a run folder (path or name under --runs-dir)")
+    parser.add_argument("--name", help="run folder name (default: <method>-<config>-<date>-<time>)")
+    parser.add_argument("--runs-dir", default="runs", metavar="DIR", help="where run folders go (default: runs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ngraphics.config import apply_overrides, load_mapping
+    from ngraphics.errors import ConfigError
+    from ngraphics.training.run_folder import RunFolder, resolve_run
+    from ngraphics.training.trainer import Trainer, default_run_name, find_config, parse_run_config
+
+    overrides = list(args.overrides) + (["trainer.progress=false"] if args.quiet else [])
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume takes the config from the run folder; drop CONFIG (use --set to change keys)")
+        run_folder = resolve_run(args.resume, args.runs_dir)
+        path, mapping = run_folder.config_path, run_folder.read_config()
+    else:
+        path = find_config(args.config)
+        mapping = load_mapping(path)
+        parse_run_config(mapping, str(path))  # errors in the file name the file
+    mapping = apply_overrides(mapping, overrides)
+    if args.data:
+        mapping.setdefault("data", {})["path"] = args.data
+    config = parse_run_config(mapping, f"{path} with --set" if overrides else str(path))
+    if args.resume:
+        trainer = Trainer(config, run_folder, resume=True)
+    else:
+        name = args.name or config.name or default_run_name(Path(path), config.method)
+        run_folder = RunFolder(Path(args.runs_dir) / name, keep_checkpoints=config.trainer.keep_checkpoints)
+        if run_folder.config_path.exists():
+            raise ConfigError(f"{run_folder.path} already exists: continue it with --resume {run_folder.path} "
+                              "or choose another --name")
+        trainer = Trainer(config, run_folder)
+    run_folder.checkpoints.keep = config.trainer.keep_checkpoints
+    result = trainer.train()
+    if result.get("interrupted"):
+        return 130
+    print(f"done: {trainer.step} steps in {trainer.elapsed:.1f} s of training; "
+          f"{config.data.eval_split} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}", file=sys.stderr)
+    if config.trainer.render_final:
+        print(f"renders: {run_folder.renders}/", file=sys.stderr)
+    print(f"run folder: {run_folder.path}  (ngraphics eval {run_folder.path}; ngraphics render {run_folder.path} "
+          "--path orbit)", file=sys.stderr)
+    return 0

@@ -1,0 +1,224 @@
+"""`nerf`: Instant-NGP-style NeRF (Mueller et al. 2022) with an occupancy grid, in the nerfacc shape.
+
+One training step:
+    1. every `occupancy.update_every` steps, refresh the occupancy grid from the field's density;
+    2. march the batch's rays through occupied cells (jittered starts), dropping samples behind the
+       early-stop point with a no-grad density pass (nerfacc's `sigma_fn`);
+    3. evaluate the field on the remaining samples, composite over the batch's backgrounds (random per ray for
+       RGBA data, so the model cannot paint the background into the volume);
+    4. Huber (smooth L1) loss against the targets, backward, Adam (lr 1e-2, eps 1e-15), then pick the next
+       batch's ray count so that it holds about `target_samples` samples (instant-ngp's rule).
+Learning rate: linear warm-up over `warmup_steps`, then x `lr_decay` at progress 0.5, 0.75 and 0.9 (nerfacc's
+schedule, on the trainer's progress so time budgets work too).
+
+Bounded scenes (Blender) use one occupancy level and constant steps sqrt(3) x box / 1024. Scenes with
+aabb_scale > 1 (the fox, from instant-ngp's transforms) get 1 + log2(aabb_scale) cascades, steps that grow
+with distance (cone_angle 1/256) and a hash grid over the whole aabb_scale cube.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from dataclasses import field as _field
+
+import torch
+import torch.nn.functional as F
+
+from ngraphics.cameras import Cameras
+from ngraphics.data.scene import SceneData
+from ngraphics.errors import ConfigError
+from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
+from ngraphics.rendering.compositing import composite
+from ngraphics.rendering.marching import RaySamples, march
+from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
+from ngraphics.training.metrics import psnr_from_mse
+
+
+@dataclass(frozen=True)
+class NeRFConfig:
+    """Keys of the `model` block for `method: nerf`.
+
+    field: the radiance field (see NerfFieldConfig).
+    occupancy: the occupancy grid (see OccupancyConfig).
+    render_steps: steps across the scene box's diagonal at the finest spacing (instant-ngp: 1024).
+    cone_angle: step growth with distance; -1 = auto (0 bounded, 1/256 with aabb_scale > 1).
+    alpha_thre: skip samples with opacity below this; -1 = auto (0 bounded, 0.01 with aabb_scale > 1).
+    early_stop_eps: stop marching a ray once its transmittance is below this.
+    near: ray start, world units; -1 = the dataset's near.
+    far: ray end, world units; -1 = none (rays end where they leave the outermost occupancy cascade).
+    target_samples: samples per batch the ray count adapts to (instant-ngp: 2^18).
+    initial_rays, min_rays, max_rays: first batch size and bounds of the adapted one.
+    lr, betas, eps, weight_decay: Adam; lr_decay at progress 0.5/0.75/0.9; warmup_steps of linear warm-up.
+    loss: huber (smooth L1, nerfacc) or mse.
+    render_chunk: rays per chunk when rendering images.
+    """
+
+    field: NerfFieldConfig = _field(default_factory=NerfFieldConfig)
+    occupancy: OccupancyConfig = _field(default_factory=OccupancyConfig)
+    render_steps: int = 1024
+    cone_angle: float = -1.0
+    alpha_thre: float = -1.0
+    early_stop_eps: float = 1e-4
+    near: float = -1.0
+    far: float = -1.0
+    target_samples: int = 1 << 18
+    initial_rays: int = 4096
+    min_rays: int = 256
+    max_rays: int = 1 << 16
+    lr: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    weight_decay: float = 1e-6
+    lr_decay: float = 0.33
+    warmup_steps: int = 100
+    loss: str = "huber"
+    render_chunk: int = 1 << 14
+
+    def validate(self, where: str) -> None:
+        if self.loss not in ("huber", "mse"):
+            raise ConfigError(f"{where}.loss: {self.loss!r} is not one of huber, mse")
+        for key in ("render_steps", "target_samples", "initial_rays", "min_rays", "max_rays", "render_chunk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: expected a positive number, got {self.lr}")
+
+
+class NeRF:
+    """Instant-NGP NeRF as an ngraphics method (see `ngraphics.methods`).
+
+    Args:
+        config: NeRFConfig.
+        scene: the training split (sets the box, aabb_scale, near plane).
+        device: where parameters live.
+    """
+
+    Config = NeRFConfig
+    batching = "rays"
+
+    def __init__(self, config: NeRFConfig, scene: SceneData, device: torch.device | str = "cpu"):
+        self.config, self.device = config, torch.device(device)
+        aabb = scene.aabb.to(torch.float32)
+        aabb_scale = float(scene.meta.get("aabb_scale", 1.0)) if not scene.contract else 1.0
+        levels = config.occupancy.levels
+        if levels == 0:
+            levels = 1 + max(0, round(math.log2(max(aabb_scale, 1.0)))) if not scene.contract else 4
+        center, half = aabb.mean(0), 0.5 * (aabb[1] - aabb[0])
+        base = torch.stack([center - half / aabb_scale, center + half / aabb_scale])  # level-0 box
+        self.grid = OccupancyGrid(base, config.occupancy.resolution, levels).to(self.device)
+        outer = self.grid.outer_aabb
+        self.field = NerfField(config.field, outer, aabb_scale=2.0 ** (levels - 1)).to(self.device)
+        bounded = levels == 1
+        self.step_size = math.sqrt(3.0) * float((base[1] - base[0]).max()) / config.render_steps
+        self.cone_angle = (0.0 if bounded else 1.0 / 256.0) if config.cone_angle < 0 else config.cone_angle
+        self.alpha_thre = (0.0 if bounded else 1e-2) if config.alpha_thre < 0 else config.alpha_thre
+        self.max_step = self.grid.cell_size(levels - 1) * math.sqrt(3.0)
+        self.near = scene.near if config.near < 0 else config.near
+        self.far = 1e10 if config.far < 0 else config.far
+        self.rays_per_batch = config.initial_rays
+        groups = [
+            {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
+            {"params": self.field.mlp_parameters(), "weight_decay": config.weight_decay},
+        ]
+        groups = [g for g in groups if g["params"]]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
+
+    # --- pieces -----------------------------------------------------------------------------------------------
+
+    def lr_at(self, step: int, progress: float) -> float:
+        c = self.config
+        warm = min(1.0, (step + 1) / max(c.warmup_steps, 1))
+        decays = sum(progress >= m for m in (0.5, 0.75, 0.9))
+        return c.lr * warm * c.lr_decay**decays
+
+    def occupancy_fn(self, x: torch.Tensor) -> torch.Tensor:
+        """Opacity of one smallest step at world points (N, 3) -> (N,)."""
+        return self.field.density(x)[0] * self.step_size
+
+    def march(self, origins: torch.Tensor, directions: torch.Tensor, jitter: bool) -> RaySamples:
+        def sigma_fn(t_starts, t_ends, ray_indices):
+            t = 0.5 * (t_starts + t_ends)[:, None]
+            return self.field.density(origins[ray_indices] + directions[ray_indices] * t)[0]
+
+        return march(
+            origins, directions, self.grid, step_size=self.step_size, near=self.near, far=self.far,
+            cone_angle=self.cone_angle, max_step=self.max_step, density_fn=sigma_fn,
+            early_stop_eps=self.config.early_stop_eps, alpha_thre=self.alpha_thre, jitter=jitter,
+        )
+
+    def render_rays(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,
+                    jitter: bool = False) -> dict[str, torch.Tensor]:
+        """Colour, opacity and depth of rays. origins, directions: (R, 3); background: (R, 3) or (3,).
+        Returns composite()'s dict plus `n_samples` (int)."""
+        samples = self.march(origins, directions, jitter)
+        ri = samples.ray_indices
+        t = (0.5 * (samples.t_starts + samples.t_ends))[:, None]
+        sigma, rgb = self.field(origins[ri] + directions[ri] * t, directions[ri])
+        out = composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background)
+        out["n_samples"] = len(samples)
+        return out
+
+    # --- the method interface ---------------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step on a ray batch (see the module docstring). Returns 0-dim tensors."""
+        c = self.config
+        step = int(batch["step"])
+        self.field.train()
+        if step % c.occupancy.update_every == 0:
+            self.grid.update(step, self.occupancy_fn, ema_decay=c.occupancy.ema_decay,
+                             threshold=c.occupancy.threshold, warmup_steps=c.occupancy.warmup_steps)
+        lr = self.lr_at(step, float(batch["progress"]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.render_rays(batch["origins"], batch["directions"], batch["background"], jitter=True)
+        target = batch["rgb"]
+        if c.loss == "huber":
+            loss = F.smooth_l1_loss(out["rgb"], target)
+        else:
+            loss = F.mse_loss(out["rgb"], target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if out["n_samples"] > 0:
+            loss.backward()
+            self.optimizer.step()
+        n = max(out["n_samples"], 1)
+        R = batch["origins"].shape[0]
+        self.rays_per_batch = int(min(max(R * c.target_samples / n, c.min_rays), c.max_rays))
+        mse = F.mse_loss(out["rgb"].detach(), target)
+        return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse),
+                "samples_per_ray": torch.tensor(n / R), "lr": torch.tensor(lr)}
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images of C cameras of one size. Returns rgb (C, H, W, 3), depth (C, H, W, 1), alpha (C, H, W, 1),
+        float32 on the method's device. background: (3,) colour behind the scene, default white."""
+        self.field.eval()
+        cameras = cameras.to(self.device)
+        H, W = int(cameras.height[0]), int(cameras.width[0])
+        if not (bool((cameras.height == H).all()) and bool((cameras.width == W).all())):
+            raise ConfigError("render: all cameras of one call must have the same image size")
+        bg = torch.ones(3, device=self.device) if background is None else torch.as_tensor(background).to(self.device).float()
+        images = {"rgb": [], "depth": [], "alpha": []}
+        for i in range(len(cameras)):
+            origins, directions = cameras.image_rays(i)
+            parts = {k: [] for k in images}
+            for s in range(0, origins.shape[0], self.config.render_chunk):
+                out = self.render_rays(origins[s : s + self.config.render_chunk], directions[s : s + self.config.render_chunk], bg)
+                parts["rgb"].append(out["rgb"])
+                parts["depth"].append(out["depth"][:, None])
+                parts["alpha"].append(out["alpha"][:, None])
+            for k in images:
+                images[k].append(torch.cat(parts[k]).reshape(H, W, -1))
+        return {k: torch.stack(v) for k, v in images.items()}
+
+    def state_dict(self) -> dict:
+        return {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rays_per_batch": self.rays_per_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.grid.load_state_dict(state["grid"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rays_per_batch = int(state["rays_per_batch"])

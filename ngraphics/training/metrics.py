@@ -1,0 +1,61 @@
+"""Image quality metrics: PSNR and SSIM (no LPIPS: it needs downloaded network weights).
+
+SSIM follows Wang et al. 2004 as scikit-image computes it with `gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1`: an 11x11 Gaussian window, K1 = 0.01, K2 = 0.03, the SSIM map
+averaged over pixels whose window lies inside the image and over channels. The test checks it against skimage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio for data in [0, 1]: -10 log10(MSE).
+
+    Args:
+        pred, target: images of the same shape, e.g. (H, W, 3), float in [0, 1] (pred is clamped).
+    Returns: dB (inf for identical images).
+    """
+    mse = float(((pred.clamp(0, 1).double() - target.double()) ** 2).mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR of an MSE tensor (no sync): -10 log10(mse)."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity of two images in [0, 1].
+
+    Args:
+        pred, target: (H, W, C) float images, H and W >= window (pred is clamped to [0, 1]).
+    Returns: mean SSIM in [-1, 1], 1 for identical images.
+    """
+    if pred.shape != target.shape or pred.dim() != 3:
+        raise ValueError(f"ssim: expected two (H, W, C) images of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    x = pred.clamp(0, 1).double().permute(2, 0, 1)[:, None]  # (C, 1, H, W)
+    y = target.double().permute(2, 0, 1)[:, None]
+    g = _gaussian_window(window, sigma, device=x.device)
+
+    def blur(img: torch.Tensor) -> torch.Tensor:  # separable, 'valid' region only
+        img = F.conv2d(img, g.view(1, 1, -1, 1))
+        return F.conv2d(img, g.view(1, 1, 1, -1))
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(s.mean())

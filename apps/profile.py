@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     batch_sizes = parse_sizes(args.batch_sizes or defaults["batch_sizes"], "--batch-sizes")
     backends = _names(args.backends, "--backends", bm.BACKENDS)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    shown_dtype = dtype
     if args.what == "mlp":
         widths = [int(w) for w in _names(args.widths, "--widths")]
         cases = bm.mlp_cases(widths, args.hidden_layers, args.n_input, args.n_output, batch_sizes, backends,
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         dims = [int(d) for d in _names(args.dims or defaults["dims"], "--dims")]
         names = _names(args.encodings, "--encodings")
         make = bm.encoding_cases if args.what == "encodings" else bm.encoding_mlp_cases
-        enc_dtype = dtype if args.what == "encoding-mlp" or args.dtype else torch.float32
-        cases = make(names, dims, batch_sizes, backends, device, enc_dtype)
+        shown_dtype = dtype if args.what == "encoding-mlp" or args.dtype else torch.float32
+        cases = make(names, dims, batch_sizes, backends, device, shown_dtype)
     timing = ({"warmup": 3, "min_repeats": 5, "min_time_s": 0.2} if device.type == "cuda"
               else {"warmup": 1, "min_repeats": 3, "min_time_s": 0.05, "max_repeats": 10})
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(cases), unit="case", file=sys.stderr, leave=False) as bar:
         rows = bm.run_cases(cases, device, input_grad=args.input_grad, timing=timing,
                             progress=lambda row: bar.update(1))
-    print(f"ngraphics profile {args.what} on {_device_name(device)}; dtype {str(dtype)[6:]}; "
+    print(f"ngraphics profile {args.what} on {_device_name(device)}; dtype {str(shown_dtype)[6:]}; "
           f"ratios: torch ms / backend ms (> 1 is faster than torch)")
     table, notes = bm.table_rows(rows, device)
     print(format_table(table, bm.TABLE_COLUMNS))
@@ -102,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
                              "config": r["config"], "n_output_dims": getattr(args, "n_output", 16)})
         if todo:
             compile_rows = compile_times(todo, dtype=str(dtype)[6:])
-            print("\nTriton first call (compile + launch), fresh cache vs warm cache, forward + backward:")
+            print("\nTriton first call (compile + load + launch), fresh cache vs warm cache, forward + backward, "
+                  "each in a new process; (runtime init) is paid once per process, before the first kernel:")
             print(format_table([{**r, "note": r.get("reason") or ""} for r in compile_rows], [
                 ("name", "case"), ("n_input_dims", "D"), ("cold_first_call_s", "cold s"),
                 ("cached_first_call_s", "cached s"), ("steady_call_s", "steady s"), ("note", "note")]))
     path = args.json or f"runs/profile/{args.what}-{device.type}.json"
-    write_json(path, {"bench": args.what, "environment": environment(device), "dtype": str(dtype)[6:],
+    write_json(path, {"bench": args.what, "environment": environment(device), "dtype": str(shown_dtype)[6:],
                       "batch_sizes": batch_sizes, "rows": rows, "compile": compile_rows})
     print(f"\nrows written to {path}")
     return 0

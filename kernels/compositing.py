@@ -37,8 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Rays per program (one lane each) and warps.
-TUNING = {"block": 64, "warps": 2}
+# Rays per program (one lane each) and warps (H100, 2.3M samples of 2^18 rays, forward + backward:
+# 32 x 1 warp 1.15 ms, 64 x 2 1.20 ms, 128 x 4 1.45 ms).
+TUNING = {"block": 32, "warps": 1}
 
 
 @triton.jit

@@ -46,8 +46,9 @@ try:  # libdevice is what torch's CUDA exp/log2 compile to; the interpreter has 
 except ImportError:  # pragma: no cover
     libdevice = None
 
-# Rays per program (one lane each) and warps; a program runs until its slowest ray is done.
-TUNING = {"block": 64, "warps": 2}
+# Rays per program (one lane each) and warps; a program runs until its slowest ray is done, so small
+# programs waste least (H100, lego-like 2^18 rays: 32 x 1 warp 2.0 ms, 64 x 2 2.3 ms, 128 x 4 2.2 ms).
+TUNING = {"block": 32, "warps": 1}
 
 
 @triton.jit

@@ -128,15 +128,15 @@ def _load_row(ptr, row, F: tl.constexpr, mask):
         if mask is None:
             out = (tl.load(ptr + row).to(tl.float32),)
         else:
-            out = (tl.load(ptr + row, mask=mask, other=0.0).to(tl.float32),)
+            out = (tl.load(ptr + row, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32),)
     else:
         WORD: tl.constexpr = tl.uint32 if (HALF and PER == 2) else tl.uint64
         wptr = ptr.to(tl.pointer_type(WORD), bitcast=True) + row * (F // PER)
         for k in tl.static_range(F // PER):
             if mask is None:
                 word = tl.load(wptr + k)
-            else:
-                word = tl.load(wptr + k, mask=mask, other=0)
+            else:  # a streamed row (dy): do not push tables out of L2
+                word = tl.load(wptr + k, mask=mask, other=0, eviction_policy="evict_first")
             out = out + _unpack(word, PER, HALF)
     return out
 
@@ -147,12 +147,12 @@ def _store_row(ptr, row, vals, F: tl.constexpr, mask):
     HALF: tl.constexpr = ptr.dtype.element_ty == tl.float16
     PER: tl.constexpr = 1 if F == 1 else (2 if F == 2 else 4) if HALF else 2
     if PER == 1:
-        tl.store(ptr + row, vals[0].to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + row, vals[0].to(ptr.dtype.element_ty), mask=mask, eviction_policy="evict_first")
     else:
         WORD: tl.constexpr = tl.uint32 if (HALF and PER == 2) else tl.uint64
         wptr = ptr.to(tl.pointer_type(WORD), bitcast=True) + row * (F // PER)
         for k in tl.static_range(F // PER):
-            tl.store(wptr + k, _pack(vals, k * PER, PER, HALF, WORD), mask=mask)
+            tl.store(wptr + k, _pack(vals, k * PER, PER, HALF, WORD), mask=mask, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -238,7 +238,7 @@ def _load_x(x_ptr, pts, mask, D: tl.constexpr):
     """x[pts, :] of a row-major (N, D) fp32 array -> tuple of D (BLOCK,) tensors (0 where masked)."""
     xs = ()
     for d in tl.static_range(D):
-        xs = xs + (tl.load(x_ptr + pts * D + d, mask=mask, other=0.0),)
+        xs = xs + (tl.load(x_ptr + pts * D + d, mask=mask, other=0.0, eviction_policy="evict_first"),)
     return xs
 
 
@@ -263,6 +263,9 @@ def vector_atomics(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
+L2_BUDGET = 16 * 2**20  # bytes of tables / gradients a launch keeps in flight (H100: 50 MB L2 in two halves)
+
+
 class LevelOps:
     """Launchers of one encoding spec (the `ops` of `EncodeFn`). A subclass sets the three kernels, which
     share one argument order: fwd(x, table, meta, out, N), bwd(x, table, meta, dy, dtable, dx, N),
@@ -280,6 +283,7 @@ class LevelOps:
     def __init__(self, n_dims, n_levels, n_features, n_params, meta_rows, consts, moves=True):
         self.D, self.L, self.F, self.n_params, self.moves = n_dims, n_levels, n_features, n_params, moves
         self.meta_rows, self.consts = meta_rows, dict(consts, L=n_levels, D=n_dims, F=n_features)
+        self.max_rows = max(row[1] for row in meta_rows)  # largest level table, in rows
         self._meta: dict = {}
 
     def meta(self, device) -> torch.Tensor:
@@ -288,35 +292,47 @@ class LevelOps:
             self._meta[device] = torch.tensor(self.meta_rows, dtype=torch.int64, device=device)
         return self._meta[device]
 
-    def _group(self, kind) -> int:
-        return max(1, min(int(self.tuning[kind]["group"]), self.L))
+    def _group(self, kind, stream_bytes, table_bytes) -> int:
+        """Levels per program. "auto": enough levels that a program's slice of each (N, L * F) row (out or
+        dy, `stream_bytes` per value) fills a 32-byte sector, so rows are written / read once, not once per
+        level (tcnn's one-level grid writes level-major planes instead and transposes afterwards); halved
+        while that many levels of tables (or fp32 gradients), `table_bytes` per value, pass L2_BUDGET, so the
+        levels in flight stay in L2 (tcnn's point: one level's table at a time)."""
+        group = self.tuning[kind]["group"]
+        if group == "auto":
+            group = max(1, 32 // (self.F * stream_bytes))
+            while group > 1 and group * self.max_rows * self.F * table_bytes > L2_BUDGET:
+                group //= 2
+        return max(1, min(int(group), self.L))
 
-    def _launch(self, kind, kernel, x, table, *args, **flags):
+    def _launch(self, kind, kernel, x, table, *args, group, **flags):
         tune = self.tuning[kind]
-        n, block, group = x.shape[0], tune["block"], self._group(kind)
+        n, block = x.shape[0], tune["block"]
         grid = (triton.cdiv(n, block) * triton.cdiv(self.L, group),)
         kernel[grid](x, table, self.meta(x.device), *args, n, BLOCK=block, GROUP=group,
                      LEVEL_FASTEST=tune["level_fastest"], VEC=vector_atomics(x.device), num_warps=tune["warps"],
                      enable_fp_fusion=self.fp_fusion, **self.consts, **flags)
 
-    def _x_buffer(self, kind, n, device) -> torch.Tensor:
-        zero = self._group(kind) < self.L or not self.moves  # level groups add atomically
+    def _x_buffer(self, group, n, device) -> torch.Tensor:
+        zero = group < self.L or not self.moves  # level groups add atomically
         return (torch.zeros if zero else torch.empty)((n, self.D), device=device, dtype=torch.float32)
 
     def forward(self, x, table, out_dtype):
         out = torch.empty((x.shape[0], self.L * self.F), device=x.device, dtype=out_dtype)
         if x.shape[0]:
-            self._launch("fwd", self.fwd_kernel, x, table, out)
+            group = self._group("fwd", out.element_size(), table.element_size())
+            self._launch("fwd", self.fwd_kernel, x, table, out, group=group)
         return out
 
     def backward(self, x, table, dy, need_table, need_x):
         """-> (d table (n_params,) fp32 or None, dx (N, D) fp32 or None)."""
+        group = self._group("bwd", dy.element_size(), 4 * need_table + table.element_size() * need_x)
         dtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
-        dx = self._x_buffer("bwd", x.shape[0], x.device) if need_x else None
+        dx = self._x_buffer(group, x.shape[0], x.device) if need_x else None
         need_x = need_x and self.moves
         if x.shape[0] and (need_table or need_x):
             self._launch("bwd", self.bwd_kernel, x, table, dy, dtable if need_table else table, dx if need_x else x,
-                         NEED_TABLE=need_table, NEED_X=need_x)
+                         group=group, NEED_TABLE=need_table, NEED_X=need_x)
         return dtable, dx
 
     def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x):
@@ -327,14 +343,15 @@ class LevelOps:
         need_table = need_table and has_gdx
         need_dy = need_dy and (has_gdx or has_gdt)
         need_x = need_x and self.moves and (has_gdx or has_gdt)
+        group = self._group("bwd_bwd", dy.element_size(), 4 + table.element_size() + 4 * has_gdt)
         gtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
         gdy = torch.empty(dy.shape, device=x.device, dtype=torch.float32) if need_dy else None
-        gx = self._x_buffer("bwd_bwd", x.shape[0], x.device) if need_x else None
+        gx = self._x_buffer(group, x.shape[0], x.device) if need_x else None
         if x.shape[0] and (need_table or need_dy or need_x):
             self._launch("bwd_bwd", self.bwd_bwd_kernel, x, table, dy, g_dx if has_gdx else x,
                          g_dtable if has_gdt else table, gtable if need_table else table,
-                         gdy if need_dy else dy, gx if need_x else x, HAS_GDX=has_gdx, HAS_GDT=has_gdt,
-                         NEED_TABLE=need_table, NEED_DY=need_dy, NEED_X=need_x)
+                         gdy if need_dy else dy, gx if need_x else x, group=group, HAS_GDX=has_gdx,
+                         HAS_GDT=has_gdt, NEED_TABLE=need_table, NEED_DY=need_dy, NEED_X=need_x)
         return gtable, gdy, gx
 
 

@@ -3,12 +3,12 @@
 Sections (each a flag; no flag = all but --sweep):
   --ceilings   device-to-device copy bandwidth (bytes read + written) and the rate of random 4- and 8-byte
                gathers from L2-resident tables of 2^19..2^22 entries (and 2^24, past L2).
-  --sweep      launch shapes (block, warps, levels per program, program order) per kernel on config A, 2^22.
+  --sweep      levels per program (1, 2, 4, 8, 16 and the "auto" rule) per kernel on config A, 2^22 points.
   --main       config A (3D, 16 levels x 2 features, 2^19 table, base 16, scale 2), N = 2^20 and 2^22: forward,
                forward + backward (tables), forward + backward (tables + inputs), fp32 and fp16 tables; the
                same in 4D; a 2^22 table with 4 features in 3D; Simplex vs HashGrid at equal levels/features/
-               table in 3D and 4D. CUDA events, median of 30 repeats after 5 warm-ups; achieved bytes/s and
-               corner reads/s against the ceilings.
+               table in 3D and 4D. CUDA events around each call, calls queued back to back, median of 30
+               after 5 warm-ups; achieved bytes/s and corner reads/s against the ceilings.
   --compile    first-call compile time of each kernel, in a child process with a fresh TRITON_CACHE_DIR (cold)
                and in a second child process with the same cache (cached).
   --tune K=V   launch-shape overrides for --main, e.g. `--tune grid.fwd.block=256`.
@@ -42,19 +42,19 @@ CONFIG_A = {"n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19, 
 
 
 def cuda_time(fn, warmup: int = 5, reps: int = 30) -> float:
-    """Median milliseconds of `fn()` over `reps` calls bracketed by CUDA events, after `warmup` calls."""
+    """Median milliseconds of `fn()` over `reps` calls, each bracketed by CUDA events, after `warmup` calls.
+    The calls are queued back to back and synchronised once at the end, so the host's launch overhead
+    overlaps the device work (as in a training loop) instead of showing up as idle device time."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,50 +132,40 @@ def time_encoding(kind, D, config, n, table_dtype=None, out_dtype=None) -> dict:
     return res
 
 
-SWEEP = {  # (block, warps) x (levels per program, level_fastest); each shape compiles its own kernels
-    "grid": ([(128, 4), (256, 4), (256, 8), (512, 8)], [(1, False), (1, True), (16, False)]),
-    "simplex": ([(128, 4), (256, 8)], [(1, False), (16, False)]),
+SWEEP = {  # levels per program ("group") per table dtype; block 128, 4 warps, group-major program order
+    "grid": ([1, 2, 4, 8, 16], [torch.float16, torch.float32]),
+    "simplex": ([1, 4, 8], [torch.float16]),
 }
 
 
-def _time_ops(ops, x, table, dy) -> dict:
+def _time_ops(ops, x, table, dy, out_dtype) -> dict:
     """The raw kernels (no autograd): forward, backward to the tables, backward to tables and x."""
-    return {"fwd": cuda_time(lambda: ops.forward(x, table, torch.float16)),
+    return {"fwd": cuda_time(lambda: ops.forward(x, table, out_dtype)),
             "bwd": cuda_time(lambda: ops.backward(x, table, dy, True, False)),
             "bwd_x": cuda_time(lambda: ops.backward(x, table, dy, True, True))}
 
 
 def sweep(D=3, n=2**22) -> list[dict]:
-    """Launch shapes per kernel kind on config A (fp16 tables and output, the fast path)."""
+    """Levels per program for each kernel kind on config A (table and output in the same dtype)."""
     rows = []
     for kind, mod in (("grid", kgrid), ("simplex", ksimplex)):
-        spec, _, params, x, dy = make_case(kind, D, CONFIG_A, n, torch.float16, torch.float16)
-        ops = (kgrid.grid_ops if kind == "grid" else ksimplex.simplex_ops)(spec)
-        table = params.detach().half()
+        groups, dtypes = SWEEP[kind]
         saved = {k: dict(v) for k, v in mod.TUNING.items()}
-        shapes, orders = SWEEP[kind]
-        for block, warps in shapes:
-            for group, level_fastest in orders:
+        for dtype in dtypes:
+            spec, _, params, x, dy = make_case(kind, D, CONFIG_A, n, dtype, dtype)
+            ops = (kgrid.grid_ops if kind == "grid" else ksimplex.simplex_ops)(spec)
+            table = params.detach().to(dtype)
+            for group in [*groups, "auto"]:
                 for k in mod.TUNING:
-                    mod.TUNING[k] = {"block": block, "warps": warps, "group": group, "level_fastest": level_fastest}
-                row = {"enc": kind, "block": block, "warps": warps, "group": group, "level_fastest": level_fastest}
-                row.update(_time_ops(ops, x, table, dy))
+                    mod.TUNING[k] = dict(saved[k], group=group)
+                row = {"enc": kind, "dtype": str(dtype).replace("torch.", ""), "group": group,
+                       **_time_ops(ops, x, table, dy, dtype)}
                 rows.append(row)
                 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
         for k, v in saved.items():
             mod.TUNING[k] = v
     return rows
-
-
-def best_from_sweep(rows) -> dict:
-    """The fastest shape per encoding and kernel kind ("bwd_bwd" takes bwd_x's)."""
-    best = {}
-    for enc in ("grid", "simplex"):
-        for kind, col in (("fwd", "fwd"), ("bwd", "bwd_x"), ("bwd_bwd", "bwd_x")):
-            r = min((r for r in rows if r["enc"] == enc), key=lambda r: r[col])
-            best.setdefault(enc, {})[kind] = {k: r[k] for k in ("block", "warps", "group", "level_fastest")}
-    return best
 
 
 def main_bench() -> list[dict]:
@@ -203,8 +193,10 @@ def main_bench() -> list[dict]:
 
 _COMPILE_CHILD = r"""
 import time, json, torch
-from ngraphics.kernels.bench_grid import make_case, CONFIG_A
-torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+from ngraphics.kernels.bench_grid import make_case, CONFIG_A, _gather_kernel
+a = torch.zeros(256, device="cuda", requires_grad=True)  # warm CUDA, autograd (create_graph) and Triton's runtime
+torch.autograd.grad(torch.autograd.grad((a * a).sum(), a, create_graph=True)[0].sum(), a)
+_gather_kernel[(1,)](a.detach(), torch.empty_like(a), 256, 255, K=1, BLOCK=256); torch.cuda.synchronize()
 res = {}
 for kind in ("grid", "simplex"):
     spec, encode, params, x, dy = make_case(kind, 3, CONFIG_A, 4096, None, None)
@@ -243,7 +235,6 @@ def main(argv=None) -> int:
     for flag in ("ceilings", "sweep", "main", "compile", "once"):
         ap.add_argument(f"--{flag}", action="store_true")
     ap.add_argument("--tune", action="append", default=[], help="enc.kind.key=value, e.g. grid.fwd.block=256")
-    ap.add_argument("--best-from-sweep", action="store_true", help="run --main with the sweep's fastest shapes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.once:
@@ -269,17 +260,12 @@ def main(argv=None) -> int:
     if args.sweep:
         results["sweep"] = sweep()
         _save(results, args.json)
-        if args.best_from_sweep:
-            best = best_from_sweep(results["sweep"])
-            results["best"] = best
-            print("best", best, flush=True)
-            kgrid.TUNING.update(best["grid"])
-            ksimplex.TUNING.update(best["simplex"])
     for t in args.tune:
         key, value = t.split("=")
         enc, kind, name = key.split(".")
         mod = kgrid if enc == "grid" else ksimplex
-        mod.TUNING[kind][name] = value == "True" if value in ("True", "False") else int(value)
+        mod.TUNING[kind][name] = value == "True" if value in ("True", "False") else (
+            value if value == "auto" else int(value))
     results["tuning"] = {"grid": kgrid.TUNING, "simplex": ksimplex.TUNING}
     if args.main:
         results["main"] = main_bench()

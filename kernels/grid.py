@@ -54,7 +54,8 @@ INTERP_CODE = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 # Launch shape per kernel (from H100 measurements, docs/benchmarks.md): points per program, warps, levels
 # per program (>= L: all levels in one program), and whether consecutive programs take the same points'
 # next level group (level_fastest) or the next points' same level group (tcnn's order).
-TUNING = {kind: {"block": 128, "warps": 4, "group": 1, "level_fastest": False} for kind in ("fwd", "bwd", "bwd_bwd")}
+TUNING = {kind: {"block": 128, "warps": 4, "group": "auto", "level_fastest": False}
+          for kind in ("fwd", "bwd", "bwd_bwd")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ from ngraphics.kernels._common import (
 from ngraphics.encodings.simplex import PRIMES, SimplexSpec, skew_factor
 
 # Launch shape per kernel, as kernels/grid.py's TUNING.
-TUNING = {kind: {"block": 128, "warps": 4, "group": 1, "level_fastest": False} for kind in ("fwd", "bwd", "bwd_bwd")}
+TUNING = {kind: {"block": 128, "warps": 4, "group": "auto", "level_fastest": False}
+          for kind in ("fwd", "bwd", "bwd_bwd")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from dataclasses import field as _field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ class NeRFConfig:
     lr, betas, eps, weight_decay: Adam; lr_decay at progress 0.5/0.75/0.9; warmup_steps of linear warm-up.
     loss: huber (smooth L1, nerfacc) or mse.
     render_chunk: rays per chunk when rendering images.
+    backend: auto | torch | triton for ray marching and compositing (the field has its own, field.backend).
     """
 
     field: NerfFieldConfig = _field(default_factory=NerfFieldConfig)
@@ -74,6 +76,7 @@ class NeRFConfig:
     warmup_steps: int = 100
     loss: str = "huber"
     render_chunk: int = 1 << 14
+    backend: Literal["auto", "torch", "triton"] = "auto"
 
     def validate(self, where: str) -> None:
         if self.loss not in ("huber", "mse"):
@@ -96,6 +99,9 @@ class NeRF:
 
     Config = NeRFConfig
     batching = "rays"
+    # kernel-name substrings per step component, for the trainer's profile (trainer.profile_at)
+    profile_categories = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
+                          "marching": ("_march_", "_early_stop_"), "compositing": ("_composite_",)}
 
     def __init__(self, config: NeRFConfig, scene: SceneData, device: torch.device | str = "cpu"):
         self.config, self.device = config, torch.device(device)
@@ -146,6 +152,7 @@ class NeRF:
             origins, directions, self.grid, step_size=self.step_size, near=self.near, far=self.far,
             cone_angle=self.cone_angle, max_step=self.max_step, density_fn=sigma_fn,
             early_stop_eps=self.config.early_stop_eps, alpha_thre=self.alpha_thre, jitter=jitter,
+            backend=self.config.backend,
         )
 
     def render_rays(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,
@@ -156,7 +163,8 @@ class NeRF:
         ri = samples.ray_indices
         t = (0.5 * (samples.t_starts + samples.t_ends))[:, None]
         sigma, rgb = self.field(origins[ri] + directions[ri] * t, directions[ri])
-        out = composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background)
+        out = composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background,
+                        backend=self.config.backend)
         out["n_samples"] = len(samples)
         return out
 

@@ -78,6 +78,9 @@ class TrainerConfig:
     device: auto (cuda if available), cpu, cuda, cuda:1, ...
     progress: show a progress bar.
     render_final: write the test views into runs/<name>/renders at the end.
+    profile_at: if > 0, profile steps profile_at+1 .. profile_at+profile_steps with torch.profiler and write
+        runs/<name>/profile.txt (GPU time per category of the method's `profile_categories`, top operations).
+    profile_steps: how many steps the profile covers.
     """
 
     steps: int = 20000
@@ -91,6 +94,8 @@ class TrainerConfig:
     device: str = "auto"
     progress: bool = True
     render_final: bool = True
+    profile_at: int = 0
+    profile_steps: int = 10
 
     def validate(self, where: str) -> None:
         for key in ("steps", "rays_per_batch", "log_every", "keep_checkpoints"):
@@ -366,8 +371,14 @@ class Trainer:
         bar = _progress_bar(t.steps, self.step, enabled=t.progress)
         log_rays, log_time, last = 0, 0.0, {}
         print(f"run folder: {self.run.path}  device: {self.device}  method: {self.config.method}", file=sys.stderr)
+        profiler = None
         try:
             while not self._done():
+                if t.profile_at and self.step == t.profile_at:
+                    profiler = _Profile(self)
+                elif profiler is not None and self.step == t.profile_at + t.profile_steps:
+                    profiler.finish(t.profile_steps)
+                    profiler = None
                 start = time.perf_counter()
                 n_rays = int(getattr(self.method, "rays_per_batch", t.rays_per_batch))
                 batch = self.sampler.sample(n_rays)
@@ -386,8 +397,11 @@ class Trainer:
                 log_rays += batch["origins"].shape[0] if "origins" in batch else batch["rgb"].shape[0] * batch["rgb"].shape[1]
                 if self.step % t.log_every == 0 or self._done():
                     rate = log_rays / max(log_time, 1e-9)
-                    self.run.log({"step": self.step, "time": round(self.elapsed, 3), "split": "train",
-                                  "rays_per_s": round(rate, 1), **_round(last)})
+                    record = {"step": self.step, "time": round(self.elapsed, 3), "split": "train",
+                              "rays_per_s": round(rate, 1), **_round(last)}
+                    if self.device.type == "cuda":
+                        record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+                    self.run.log(record)
                     bar.set_postfix_str(_postfix(last, rate))
                     log_rays, log_time = 0, 0.0
                 bar.update(1)
@@ -436,6 +450,59 @@ def restore_run(run: RunFolder, split: str | None = None, device: str = "auto", 
     method = method_class(config.method)(config.model, scene, pick_device(device))
     method.load_state_dict(state["method"])
     return config, method, scene, path
+
+
+class _Profile:
+    """torch.profiler over a few training steps; `finish` writes RUN/profile.txt and a metrics record.
+
+    Device time is grouped with the method's optional `profile_categories` ({category: (substring, ...)}
+    matched against kernel/operation names); what matches none is "rest". `step_ms` is wall time per step
+    (synchronised), so step_ms minus the device total is time the GPU sat idle (launches, host syncs)."""
+
+    def __init__(self, trainer: Trainer):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.trainer = trainer
+        self.cuda = trainer.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self._sync()
+        self.start = time.perf_counter()
+        self.prof = profile(activities=activities)
+        self.prof.__enter__()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.trainer.device)
+
+    def finish(self, steps: int) -> dict:
+        self._sync()
+        wall_ms = (time.perf_counter() - self.start) * 1e3 / steps
+        self.prof.__exit__(None, None, None)
+        events = self.prof.key_averages()
+        categories = getattr(self.trainer.method, "profile_categories", {})
+        split: dict[str, float] = {name: 0.0 for name in categories}
+        split["rest"] = 0.0
+        for e in events:
+            us = e.self_device_time_total if self.cuda else 0.0
+            if us <= 0:
+                continue
+            name = next((c for c, keys in categories.items() if any(k in e.key for k in keys)), "rest")
+            split[name] += us / 1e3 / steps
+        device_ms = sum(split.values())
+        lines = [f"profile of {steps} steps from step {self.trainer.step - steps} on {self.trainer.device}",
+                 f"wall time per step: {wall_ms:.3f} ms"]
+        if self.cuda:
+            lines.append(f"GPU busy per step: {device_ms:.3f} ms (idle {max(wall_ms - device_ms, 0):.3f} ms)")
+            lines += [f"  {k:<12} {v:8.3f} ms  {100 * v / max(wall_ms, 1e-9):5.1f}% of the step" for k, v in split.items()]
+        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+        lines += ["", events.table(sort_by=sort, row_limit=30)]
+        (self.trainer.run.path / "profile.txt").write_text("\n".join(lines) + "\n")
+        record = {"step": self.trainer.step, "split": "profile", "step_ms": round(wall_ms, 3)}
+        if self.cuda:
+            record.update({f"{k}_ms": round(v, 3) for k, v in split.items()})
+        self.trainer.run.log(record)
+        print("\n".join(lines[:3 + (len(split) if self.cuda else 0)]), file=sys.stderr)
+        return record
 
 
 def evaluate_method(method, scene: SceneData, background: str, views: list[int] | None = None,

@@ -80,30 +80,53 @@ def mlp_calls(forward, x, ws, dy):
 
 
 def sweep(n: int, reps: int, warmup: int) -> list[dict]:
-    """Time launch configurations of the reference network (forward and backward kernels separately)."""
+    """Time launch configurations of the reference network (forward and backward+dx kernels separately);
+    the fastest of each is left in `kmlp.TUNING`, so the tables after a sweep run with it."""
     from ngraphics.kernels import mlp as kmlp
 
     x, ws, dy = mlp_inputs(n)
     wd = [w.detach() for w in ws]
     rows = []
-    for bm in (64, 128, 256):
-        for nw in (4, 8):
-            for per_sm in (1, 2, 4):
-                kmlp.TUNING["fwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm)
+    for bm, nw in ((128, 4), (128, 8), (256, 4), (64, 4)):
+        for per_sm in (2, 4, 8):
+            for prefetch in (True, False):
+                kmlp.TUNING["fwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm, prefetch=prefetch)
                 ms = _try(lambda: cuda_time(lambda: kmlp.mlp_forward_kernel(x, wd, SPEC), reps, warmup))
                 rows.append({"kernel": "fwd", **kmlp.TUNING["fwd"], "ms": ms})
-    for resident, acc_regs in ((True, True), (True, False), (False, False)):
-        for bm, nw in ((64, 4), (64, 8), (128, 8), (128, 4)):
-            for per_sm in (1, 2):
-                kmlp.TUNING["bwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm, resident=resident,
-                                          acc_regs=acc_regs)
+    for bm, nw in ((64, 4), (128, 4), (128, 8)):
+        for per_sm in (1, 2, 3):
+            for prefetch in (True, False):
+                kmlp.TUNING["bwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm, resident=True, acc_regs=True,
+                                          prefetch=prefetch)
                 ms = _try(lambda: cuda_time(lambda: kmlp.mlp_backward_kernel(x, wd, SPEC, dy, True), reps, warmup))
                 rows.append({"kernel": "bwd+dx", **kmlp.TUNING["bwd"], "ms": ms})
-    kmlp.TUNING.clear()
-    for kernel in ("fwd", "bwd+dx"):
+    for kernel, key in (("fwd", "fwd"), ("bwd+dx", "bwd")):
         best = min((r for r in rows if r["kernel"] == kernel and r["ms"] is not None), key=lambda r: r["ms"])
         print(f"sweep best {kernel}: {best}")
+        kmlp.TUNING[key] = {k: v for k, v in best.items() if k not in ("kernel", "ms")}
     return rows
+
+
+def ncu_step(n: int) -> None:
+    """Two warm-up steps of HashGrid A + MLP fwd+bwd, then one inside the NVTX range `step` (for ncu)."""
+    from ngraphics.kernels.grid import grid_encode_triton
+    from ngraphics.kernels.mlp import mlp_forward_triton
+    from ngraphics.networks import NetworkWithInputEncoding
+
+    model = NetworkWithInputEncoding(3, 16, HASHGRID_A, NETWORK, seed=1337, dtype=torch.float16).to(DEVICE)
+    pos = torch.rand(n, 3, device=DEVICE)
+    dy = torch.randn(n, 16, device=DEVICE).half()
+    table = model.encoding.params.detach().clone().requires_grad_(True)
+    weights = [w.detach().half().requires_grad_(True) for w in model.network.weights()]
+    for i in range(3):
+        if i == 2:
+            torch.cuda.synchronize()
+            torch.cuda.nvtx.range_push("step")
+        feat = grid_encode_triton(pos, table, model.encoding.spec, table_dtype=torch.float16,
+                                  out_dtype=torch.float16)
+        mlp_forward_triton(feat, weights, model.network.spec).backward(dy)
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_pop()
 
 
 def _try(fn):
@@ -171,8 +194,13 @@ def encoding_table(n: int, reps: int, warmup: int) -> list[dict]:
     def grid_fwd_bwd():
         encode().backward(d_feat)
 
+    def grid_fwd():
+        with torch.no_grad():
+            encode()
+
     cases = [("hashgrid+mlp fwd", direct_fwd), ("hashgrid+mlp fwd+bwd", direct_fwd_bwd),
              ("hashgrid alone fwd+bwd (fp16 table, fp16 out)", grid_fwd_bwd),
+             ("hashgrid alone fwd (fp16 table, fp16 out)", grid_fwd),
              ("module NetworkWithInputEncoding fwd", module_fwd),
              ("module NetworkWithInputEncoding fwd+bwd", module_fwd_bwd)]
     return [{"case": name, "backend": "triton", "ms": cuda_time(fn, reps, warmup)} for name, fn in cases]
@@ -198,10 +226,14 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--json", default=None, help="write every number here")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--ncu-step", action="store_true", help="only run one encoding+MLP step for ncu")
     args = ap.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     n = 2**args.log2n
+    if args.ncu_step:
+        ncu_step(n)
+        return 0
     import triton
 
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE

@@ -207,7 +207,7 @@ def _mlp_fwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, y_ptr, stride_y, N,
                     IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, W_P: tl.constexpr,
                     OUT: tl.constexpr, OUT_P: tl.constexpr, N_OUT: tl.constexpr, L: tl.constexpr,
                     ACT: tl.constexpr, OUT_ACT: tl.constexpr, PREC: tl.constexpr,
-                    BLOCK_M: tl.constexpr, RESIDENT: tl.constexpr):
+                    BLOCK_M: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr):
     """y[:, :N_OUT] = out_act(... act(x W_first^T) ... W_last^T) for tiles pid, pid + P, ..."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
@@ -216,14 +216,21 @@ def _mlp_fwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, y_ptr, stride_y, N,
     ptrs = (w0, w1, w2, w3, wl)
     res = _resident(ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT)
     tile = pid
+    rows = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    x_in = _load_rows(x_ptr, stride_x, rows, N, IN, IN_P)
     while tile < n_tiles:  # a while loop: the interpreter cannot take run-time `range` bounds (numpy 2)
-        rows = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-        x = _load_rows(x_ptr, stride_x, rows, N, IN, IN_P).to(dt)
-        z_out = _forward_tile(x, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT, ACT, PREC)[0]
+        rows_next = rows + n_prog * BLOCK_M
+        if PREFETCH:  # the next tile's loads fly while this tile computes
+            x_next = _load_rows(x_ptr, stride_x, rows_next, N, IN, IN_P)
+        z_out = _forward_tile(x_in.to(dt), res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT, ACT, PREC)[0]
         y = _act(z_out, OUT_ACT)
         c = tl.arange(0, OUT_P)[None, :]
         tl.store(y_ptr + rows[:, None] * stride_y + c, y.to(y_ptr.dtype.element_ty),
                  mask=(rows[:, None] < N) & (c < N_OUT))
+        if not PREFETCH:
+            x_next = _load_rows(x_ptr, stride_x, rows_next, N, IN, IN_P)
+        x_in = x_next
+        rows = rows_next
         tile += n_prog
 
 
@@ -270,7 +277,7 @@ def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_p
                     OUT: tl.constexpr, OUT_P: tl.constexpr, N_OUT: tl.constexpr, L: tl.constexpr,
                     ACT: tl.constexpr, OUT_ACT: tl.constexpr, PREC: tl.constexpr,
                     BLOCK_M: tl.constexpr, RESIDENT: tl.constexpr, ACC_REGS: tl.constexpr,
-                    NEED_DX: tl.constexpr):
+                    NEED_DX: tl.constexpr, PREFETCH: tl.constexpr):
     """dx (N, IN) and per-program weight-gradient sums part[pid, :] (fp32, storage order of the params)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
@@ -298,12 +305,18 @@ def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_p
         if L >= 4:
             a3 = tl.zeros((W_P, W_P), tl.float32)
     tile = pid
+    rows = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    x_in = _load_rows(x_ptr, stride_x, rows, N, IN, IN_P)
+    dy_in = _load_rows(dy_ptr, stride_dy, rows, N, N_OUT, OUT_P)  # rows >= N: dy = 0
     while tile < n_tiles:  # a while loop: the interpreter cannot take run-time `range` bounds (numpy 2)
-        rows = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-        x = _load_rows(x_ptr, stride_x, rows, N, IN, IN_P).to(dt)
+        rows_next = rows + n_prog * BLOCK_M
+        if PREFETCH:  # the next tile's loads fly while this tile computes
+            x_next = _load_rows(x_ptr, stride_x, rows_next, N, IN, IN_P)
+            dy_next = _load_rows(dy_ptr, stride_dy, rows_next, N, N_OUT, OUT_P)
+        x = x_in.to(dt)
         z_out, last, h1, s1, h2, s2, h3, s3, h4, s4 = _forward_tile(x, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P,
                                                                     RESIDENT, ACT, PREC)
-        dh = _load_rows(dy_ptr, stride_dy, rows, N, N_OUT, OUT_P).to(tl.float32)  # rows >= N: dy = 0
+        dh = dy_in.to(tl.float32)
         s_out = z_out
         if OUT_ACT <= 2:
             s_out = _act(z_out, OUT_ACT)
@@ -328,6 +341,12 @@ def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_p
             c = tl.arange(0, IN_P)[None, :]
             tl.store(dx_ptr + rows[:, None] * stride_dx + c, dh.to(dx_ptr.dtype.element_ty),
                      mask=(rows[:, None] < N) & (c < IN))
+        if not PREFETCH:
+            x_next = _load_rows(x_ptr, stride_x, rows_next, N, IN, IN_P)
+            dy_next = _load_rows(dy_ptr, stride_dy, rows_next, N, N_OUT, OUT_P)
+        x_in = x_next
+        dy_in = dy_next
+        rows = rows_next
         tile += n_prog
     if ACC_REGS:  # one write per program of its sums
         if L == 0:
@@ -403,7 +422,7 @@ def tile_config(spec: MLPSpec, dtype: torch.dtype, backward: bool) -> dict:
         cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=False)
     else:
         cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=False, acc_regs=False)
-    cfg["num_stages"] = 1
+    cfg.update(num_stages=1, prefetch=True)
     cfg.update(TUNING.get("bwd" if backward else "fwd", {}))
     return cfg
 
@@ -436,7 +455,7 @@ def mlp_forward_kernel(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSp
     n_prog = _n_programs(x.device, n_tiles, cfg["per_sm"])
     _mlp_fwd_kernel[(n_prog,)](
         x, x.stride(0), *_weight_args(weights), y, y.stride(0), n, **_consts(spec, weights, x.dtype),
-        BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"], num_warps=cfg["num_warps"],
+        BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"], PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
     return y
@@ -461,7 +480,7 @@ def mlp_backward_kernel(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPS
         x, x.stride(0), *_weight_args(weights), dy, dy.stride(0), dx, dx.stride(0), part, n,
         N_PARAMS=spec.n_params, OFF_H1=h_offs[0], OFF_H2=h_offs[1], OFF_H3=h_offs[2], OFF_LAST=offsets[-2],
         **_consts(spec, weights, x.dtype), BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"],
-        ACC_REGS=cfg["acc_regs"], NEED_DX=need_dx, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ACC_REGS=cfg["acc_regs"], NEED_DX=need_dx, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     grad = part.sum(0)
     dws = [grad[a:b].view(r, c) for (a, b), (r, c) in zip(zip(offsets[:-1], offsets[1:]), shapes)]

@@ -122,11 +122,14 @@ def test_interpreter_parity(small_tiles, n_in, n_out, width, layers, act, out_ac
 
 
 @needs_interpreter
-@pytest.mark.parametrize("resident,acc_regs", [(False, False), (True, False), (False, True)])
-def test_interpreter_weight_and_gradient_modes(monkeypatch, resident, acc_regs):
-    """Weights reloaded per use and gradient sums kept in the fp32 buffer give the same results."""
-    monkeypatch.setitem(kmlp.TUNING, "fwd", {"block_m": 16, "resident": resident})
-    monkeypatch.setitem(kmlp.TUNING, "bwd", {"block_m": 16, "resident": resident, "acc_regs": acc_regs})
+@pytest.mark.parametrize("resident,acc_regs,prefetch", [(False, False, True), (True, False, False),
+                                                         (False, True, True), (True, True, False)])
+def test_interpreter_weight_and_gradient_modes(monkeypatch, resident, acc_regs, prefetch):
+    """Weights reloaded per use, gradient sums kept in the fp32 buffer, next-tile loads issued early or
+    late: the same results."""
+    monkeypatch.setitem(kmlp.TUNING, "fwd", {"block_m": 16, "resident": resident, "prefetch": prefetch})
+    monkeypatch.setitem(kmlp.TUNING, "bwd", {"block_m": 16, "resident": resident, "acc_regs": acc_regs,
+                                             "prefetch": prefetch})
     check_parity(make_spec(12, 6, 32, 4, "Tanh", "Sigmoid"), 37, "cpu", torch.float32)
 
 

@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ngraphics.config import to_dict
     from ngraphics.training.image_fitting import (
-        ImageFitter, fit, fit_image_config, load_target, resolve_config,
+        ImageFitter,
+        fit,
+        fit_image_config,
+        load_target,
+        resolve_config,
     )
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

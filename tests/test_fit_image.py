@@ -15,7 +15,13 @@ from ngraphics.errors import ConfigError
 from ngraphics.io.images import read_image, write_exr, write_image
 from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
 from ngraphics.training.image_fitting import (
-    bilinear_lookup, constant_colour_psnr, fit_image_config, image_loss, pixel_centres, psnr, resolve_config,
+    bilinear_lookup,
+    constant_colour_psnr,
+    fit_image_config,
+    image_loss,
+    pixel_centres,
+    psnr,
+    resolve_config,
 )
 
 # --- pieces against independent references ---------------------------------------------------------------

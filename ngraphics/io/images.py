@@ -118,7 +118,7 @@ def read_exr(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: image file not found")
     try:
         channels = OpenEXR.File(str(path), separate_channels=True).channels()
-    except Exception as err:  # the bindings raise plain exceptions for corrupt files
+    except Exception as err:  # noqa: BLE001 - the bindings raise plain exceptions for corrupt files
         raise DataError(f"{path}: cannot read EXR ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     names = list(channels)
     order = _exr_channel_order(names)
@@ -194,9 +194,8 @@ def write_exr(path: str | Path, img, *, half: bool = False) -> None:
         raise DataError(f"{path}: cannot write {img.shape[2]} channels to EXR (expected 1 to 4)")
     channels = {name: np.ascontiguousarray(img[:, :, i]) for i, name in enumerate(names)}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    with atomic_path(path) as tmp:
-        with OpenEXR.File(header, channels) as f:
-            f.write(str(tmp))
+    with atomic_path(path) as tmp, OpenEXR.File(header, channels) as f:
+        f.write(str(tmp))
 
 
 
@@ -229,6 +228,12 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
 
 
 __all__ = [
-    "read_image", "read_exr", "write_image", "write_exr", "srgb_to_linear", "linear_to_srgb", "downscale",
     "IMAGE_SUFFIXES",
+    "downscale",
+    "linear_to_srgb",
+    "read_exr",
+    "read_image",
+    "srgb_to_linear",
+    "write_exr",
+    "write_image",
 ]

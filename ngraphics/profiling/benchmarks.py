@@ -95,7 +95,7 @@ def tcnn_status() -> str | None:
     """None when the real tinycudann package imports and works here, else the reason it cannot run."""
     try:
         import tinycudann  # noqa: F401
-    except Exception as err:  # ImportError, or a broken CUDA build raising anything
+    except Exception as err:  # noqa: BLE001 - ImportError, or a broken CUDA build raising anything
         return f"tinycudann not importable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     if not torch.cuda.is_available():
         return "tinycudann needs a CUDA device"
@@ -111,7 +111,7 @@ def backend_status(backend: str, device: torch.device) -> str | None:
             return "triton needs a CUDA device (the CPU interpreter is for tests, not timing)"
         try:
             import triton  # noqa: F401
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any import failure means: not available
             return f"triton not importable ({type(err).__name__})"
         return None
     if backend == "tcnn":
@@ -254,11 +254,11 @@ def measure(case: Case, device: torch.device, *, input_grad: bool = False, timin
         row["repeats"] = fwd.repeats
     except torch.OutOfMemoryError:
         row = {**row, "status": "n/a", "reason": "out of memory"}
-    except Exception as err:  # a backend that cannot run this case: record why, keep going
+    except Exception as err:  # noqa: BLE001 - a backend that cannot run this case: record why, go on
         msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
         row = {**row, "status": "n/a", "reason": f"{type(err).__name__}: {msg}"[:200]}
     finally:
-        del module
+        module = None  # free the tables before the next case
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
@@ -331,7 +331,22 @@ def ratio(x: float | None) -> str | None:
 
 
 __all__ = [
-    "BACKENDS", "BENCHES", "ENCODING_CONFIGS", "DEFAULT_NETWORK", "Case", "encoding_config", "encoding_cases",
-    "mlp_cases", "encoding_mlp_cases", "measure", "run_cases", "add_ratios", "backend_status", "tcnn_status",
-    "TABLE_COLUMNS", "table_rows", "si", "ratio",
+    "BACKENDS",
+    "BENCHES",
+    "DEFAULT_NETWORK",
+    "ENCODING_CONFIGS",
+    "TABLE_COLUMNS",
+    "Case",
+    "add_ratios",
+    "backend_status",
+    "encoding_cases",
+    "encoding_config",
+    "encoding_mlp_cases",
+    "measure",
+    "mlp_cases",
+    "ratio",
+    "run_cases",
+    "si",
+    "table_rows",
+    "tcnn_status",
 ]

@@ -63,7 +63,7 @@ def _probe(spec: dict, env: dict, timeout_s: float, cwd: str) -> dict[int, dict]
     # the same ngraphics as this process (not a source tree that happens to be the working directory).
     cmd = [sys.executable, "-m", "ngraphics.profiling.compile_time", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd, check=False)
     except subprocess.TimeoutExpired:
         return {i: {"error": f"probe timed out after {timeout_s:.0f} s"} for i in range(len(spec["cases"]))}
     out = {}
@@ -119,14 +119,14 @@ def _run_probe(spec: dict) -> None:
                                                  torch.float32 if case["bench"] == "encodings" else dtype)
             x = torch.rand(spec["batch_size"], d, device=device)
 
-            def call():
+            def call(module=module, x=x):
                 out = module(x)
                 if out.requires_grad:
                     out.float().sum().backward()
 
             record["first_s"] = wall_time(call, device)
             record["second_s"] = wall_time(call, device)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - reported per case, the probe goes on
             msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
             record["error"] = f"{type(err).__name__}: {msg}"[:200]
         print(json.dumps(record), flush=True)

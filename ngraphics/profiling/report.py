@@ -73,13 +73,13 @@ def environment(device: torch.device | str) -> dict:
         import triton
 
         env["triton"] = triton.__version__
-    except Exception:
+    except Exception:  # noqa: BLE001 - only recording what is installed
         env["triton"] = None
     try:
-        import tinycudann  # noqa: F401
+        import tinycudann
 
         env["tinycudann"] = getattr(tinycudann, "__version__", "importable")
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken tinycudann build can raise anything
         env["tinycudann"] = None
     import ngraphics
 
@@ -103,4 +103,4 @@ def _finite(obj):
     return obj
 
 
-__all__ = ["format_table", "format_value", "environment", "write_json"]
+__all__ = ["environment", "format_table", "format_value", "write_json"]

@@ -81,4 +81,4 @@ def wall_time(fn: Callable[[], object], device: torch.device | str) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["Timing", "time_fn", "wall_time", "synchronize"]
+__all__ = ["Timing", "synchronize", "time_fn", "wall_time"]

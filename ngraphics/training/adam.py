@@ -93,7 +93,6 @@ class TcnnAdam(torch.optim.Optimizer):
                         lr = group["lr"] * (1.0 if matrix else c.non_matrix_learning_rate_factor)
                         self._update(w_all[lo:hi], g_all[lo:hi].float(), {k: v[lo:hi] for k, v in state.items()},
                                      lr, matrix, bounds)
-        return None
 
     def _update(self, w: torch.Tensor, g: torch.Tensor, state: dict, lr: float, matrix: bool, bounds) -> None:
         """One Adam step on the 1-D slices w, g and their state slices (updated in place)."""

@@ -91,9 +91,9 @@ class FitImageConfig:
 
     encoding: dict = field(default_factory=lambda: {"otype": "HashGrid"})
     network: dict = field(default_factory=lambda: {"otype": "FullyFusedMLP"})
-    optimizer: AdamConfig = AdamConfig()
-    loss: LossConfig = LossConfig()
-    fit: FitConfig = FitConfig()
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 BLOCKS = ("encoding", "network", "optimizer", "loss", "fit")
@@ -532,8 +532,26 @@ def _si(x: float) -> str:
 
 
 __all__ = [
-    "AdamConfig", "LossConfig", "FitConfig", "FitImageConfig", "fit_image_config", "BLOCKS",
-    "bilinear_lookup", "pixel_centres", "image_loss", "psnr", "ImageFitter", "build_model",
-    "constant_colour_psnr", "LOSSES", "Target", "load_target", "resolve_config", "ResolvedConfig", "fit",
-    "named_encodings", "configs_dir", "unique_folder",
+    "BLOCKS",
+    "LOSSES",
+    "AdamConfig",
+    "FitConfig",
+    "FitImageConfig",
+    "ImageFitter",
+    "LossConfig",
+    "ResolvedConfig",
+    "Target",
+    "bilinear_lookup",
+    "build_model",
+    "configs_dir",
+    "constant_colour_psnr",
+    "fit",
+    "fit_image_config",
+    "image_loss",
+    "load_target",
+    "named_encodings",
+    "pixel_centres",
+    "psnr",
+    "resolve_config",
+    "unique_folder",
 ]

@@ -80,35 +80,38 @@ def mlp_calls(forward, x, ws, dy):
 
 
 def sweep(n: int, reps: int, warmup: int) -> list[dict]:
-    """Time launch configurations of the reference network (forward and backward+dx kernels separately);
-    the fastest of each is left in `kmlp.TUNING`, so the tables after a sweep run with it."""
+    """Kernel times of launch configurations of the reference network: forward, backward with dx, backward
+    without dx (each alone, no autograd). Leaves `kmlp.TUNING` as it found it."""
     from ngraphics.kernels import mlp as kmlp
 
     x, ws, dy = mlp_inputs(n)
     wd = [w.detach() for w in ws]
     rows = []
-    for bm, nw in ((128, 4), (128, 8), (256, 4), (64, 4)):
-        for per_sm in (2, 4, 8):
-            for prefetch in (True, False):
-                kmlp.TUNING["fwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm, prefetch=prefetch)
-                ms = _try(lambda: cuda_time(lambda: kmlp.mlp_forward_kernel(x, wd, SPEC), reps, warmup))
-                rows.append({"kernel": "fwd", **kmlp.TUNING["fwd"], "ms": ms})
-    for bm, nw in ((64, 4), (128, 4), (128, 8)):
-        for per_sm in (1, 2, 3):
-            for prefetch in (True, False):
-                kmlp.TUNING["bwd"] = dict(block_m=bm, num_warps=nw, per_sm=per_sm, resident=True, acc_regs=True,
-                                          prefetch=prefetch)
-                ms = _try(lambda: cuda_time(lambda: kmlp.mlp_backward_kernel(x, wd, SPEC, dy, True), reps, warmup))
-                rows.append({"kernel": "bwd+dx", **kmlp.TUNING["bwd"], "ms": ms})
-    for kernel, key in (("fwd", "fwd"), ("bwd+dx", "bwd")):
+    saved = dict(kmlp.TUNING)
+    fwd = [dict(block_m=bm, num_warps=nw, per_sm=ps, prefetch=pf)
+           for bm, nw, ps, pf in ((64, 4, 4, True), (64, 4, 8, True), (128, 4, 4, True), (64, 4, 4, False),
+                                  (128, 8, 2, True))]
+    bwd = [dict(block_m=bm, num_warps=nw, per_sm=ps, prefetch=pf, resident=True, acc_regs=True)
+           for bm, nw, ps, pf in ((64, 4, 2, True), (64, 4, 3, True), (64, 4, 2, False), (128, 4, 2, True),
+                                  (128, 8, 1, True), (128, 8, 1, False), (64, 8, 2, True))]
+    for kernel, key, configs, call in (
+            ("fwd", "fwd", fwd, lambda: kmlp.mlp_forward_kernel(x, wd, SPEC)),
+            ("bwd+dx", "bwd", bwd, lambda: kmlp.mlp_backward_kernel(x, wd, SPEC, dy, True)),
+            ("bwd", "bwd_nodx", bwd, lambda: kmlp.mlp_backward_kernel(x, wd, SPEC, dy, False))):
+        for cfg in configs:
+            kmlp.TUNING.clear()
+            kmlp.TUNING[key] = cfg
+            rows.append({"kernel": kernel, **cfg, "ms": _try(lambda: cuda_time(call, reps, warmup))})
         best = min((r for r in rows if r["kernel"] == kernel and r["ms"] is not None), key=lambda r: r["ms"])
         print(f"sweep best {kernel}: {best}")
-        kmlp.TUNING[key] = {k: v for k, v in best.items() if k not in ("kernel", "ms")}
+    kmlp.TUNING.clear()
+    kmlp.TUNING.update(saved)
     return rows
 
 
 def ncu_step(n: int) -> None:
-    """Two warm-up steps of HashGrid A + MLP fwd+bwd, then one inside the NVTX range `step` (for ncu)."""
+    """Three steps of HashGrid A + MLP fwd+bwd (kernels launched: grid fwd, mlp fwd, mlp bwd, grid bwd each).
+    For ncu: --kernel-name regex:"_grid_fwd_kernel|_grid_bwd_kernel|_mlp" --launch-skip 8 --launch-count 4."""
     from ngraphics.kernels.grid import grid_encode_triton
     from ngraphics.kernels.mlp import mlp_forward_triton
     from ngraphics.networks import NetworkWithInputEncoding
@@ -118,15 +121,11 @@ def ncu_step(n: int) -> None:
     dy = torch.randn(n, 16, device=DEVICE).half()
     table = model.encoding.params.detach().clone().requires_grad_(True)
     weights = [w.detach().half().requires_grad_(True) for w in model.network.weights()]
-    for i in range(3):
-        if i == 2:
-            torch.cuda.synchronize()
-            torch.cuda.nvtx.range_push("step")
+    for _ in range(3):
         feat = grid_encode_triton(pos, table, model.encoding.spec, table_dtype=torch.float16,
                                   out_dtype=torch.float16)
         mlp_forward_triton(feat, weights, model.network.spec).backward(dy)
     torch.cuda.synchronize()
-    torch.cuda.nvtx.range_pop()
 
 
 def _try(fn):
@@ -239,9 +238,9 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     result = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
               "n": n, "reps": args.reps, "warmup": args.warmup}
+    result["mlp"] = mlp_table(n, args.reps, args.warmup)  # the committed launch configurations
     if args.sweep:
         result["sweep"] = sweep(n, min(10, args.reps), min(3, args.warmup))
-    result["mlp"] = mlp_table(n, args.reps, args.warmup)
     if args.encoding:
         result["encoding"] = _try(lambda: encoding_table(n, args.reps, args.warmup))
     if args.compile:

@@ -202,7 +202,7 @@ def _load_rows(ptr, stride, rows, N, COLS: tl.constexpr, C_P: tl.constexpr):
     return tl.load(ptr + rows[:, None] * stride + c, mask=(rows[:, None] < N) & (c < COLS), other=0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # one compile for every batch size
 def _mlp_fwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, y_ptr, stride_y, N,
                     IN: tl.constexpr, IN_P: tl.constexpr, W: tl.constexpr, W_P: tl.constexpr,
                     OUT: tl.constexpr, OUT_P: tl.constexpr, N_OUT: tl.constexpr, L: tl.constexpr,
@@ -269,7 +269,7 @@ def _back(dh, s, h_prev, acc, part_k, K: tl.constexpr, ROWS: tl.constexpr, COLS:
     return dh, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_ptr, stride_dx, part_ptr, N,
                     N_PARAMS: tl.constexpr, OFF_H1: tl.constexpr, OFF_H2: tl.constexpr, OFF_H3: tl.constexpr,
                     OFF_LAST: tl.constexpr,
@@ -402,28 +402,32 @@ def _n_programs(device: torch.device, n_tiles: int, per_sm: int) -> int:
     return max(1, min(n_tiles, sms * per_sm))
 
 
-def tile_config(spec: MLPSpec, dtype: torch.dtype, backward: bool) -> dict:
+def tile_config(spec: MLPSpec, dtype: torch.dtype, backward: bool, need_dx: bool = True) -> dict:
     """Launch parameters for one spec (never N): block_m rows per tile, num_warps, per_sm programs per SM,
-    resident (weights loaded once per program) and, backward, acc_regs (weight-gradient sums in registers;
-    else in the program's row of the fp32 buffer). Chosen from ptxas reports for sm_90 (no register spills
-    where some candidate has none; see docs/benchmarks.md) and H100 timings of the benchmark network."""
+    resident (weights loaded once per program), prefetch (the next tile's rows load while this one computes)
+    and, backward, acc_regs (weight-gradient sums in registers; else in the program's row of the fp32
+    buffer). Small networks (the benchmark's 32 -> 64 x 2 -> 16) use the fastest of an H100 sweep; the rest
+    the largest tiles that compile for sm_90 without register spills (docs/benchmarks.md, "Fused MLP")."""
     w_p = _p2(spec.n_neurons) if spec.n_hidden_layers else 0
     in_p = _p2(spec.padded_input_dims)
     columns = spec.n_hidden_layers * w_p  # hidden activations a backward tile keeps live, per row
+    small = in_p <= 32 and w_p <= 64 and columns <= 128
     if not backward:
-        cfg = dict(block_m=128, num_warps=8, per_sm=2, resident=True)
+        cfg = dict(block_m=64, num_warps=4, per_sm=4) if small else dict(block_m=128, num_warps=8, per_sm=2)
+        cfg.update(resident=True, prefetch=cfg["block_m"] * in_p <= 128 * 64)  # a second x tile in registers
+    elif small:
+        cfg = dict(block_m=64, num_warps=4, per_sm=2, resident=True, acc_regs=True, prefetch=True)
     elif in_p > 32:  # wide inputs: the x tile and the first matrix's sums crowd the registers
-        cfg = dict(block_m=32, num_warps=4, per_sm=2, resident=False, acc_regs=False)
-    elif columns <= 128 and w_p <= 64:
-        cfg = dict(block_m=128, num_warps=8, per_sm=1, resident=True, acc_regs=True)
+        cfg = dict(block_m=32, num_warps=4, per_sm=2, resident=False, acc_regs=False, prefetch=False)
     elif columns <= 128:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=True)
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=True, prefetch=False)
     elif columns <= 192:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=False)
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=False, prefetch=False)
     else:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=False, acc_regs=False)
-    cfg.update(num_stages=1, prefetch=True)
-    cfg.update(TUNING.get("bwd" if backward else "fwd", {}))
+        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=False, acc_regs=False, prefetch=False)
+    cfg["num_stages"] = 1
+    key = "fwd" if not backward else ("bwd" if need_dx else "bwd_nodx")
+    cfg.update(TUNING.get(key, TUNING.get("bwd", {}) if backward else {}))
     return cfg
 
 
@@ -469,7 +473,7 @@ def mlp_backward_kernel(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPS
     offsets = [0]
     for r, c in shapes:
         offsets.append(offsets[-1] + r * c)
-    cfg = tile_config(spec, x.dtype, backward=True)
+    cfg = tile_config(spec, x.dtype, backward=True, need_dx=need_dx)
     n_tiles = triton.cdiv(max(n, 1), cfg["block_m"])
     n_prog = _n_programs(x.device, n_tiles, cfg["per_sm"])
     alloc = torch.empty if cfg["acc_regs"] else torch.zeros

@@ -130,6 +130,10 @@ class NeRF:
         groups = [g for g in groups if g["params"]]
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
+        # fp16 MLPs: without loss scaling the small density gradients of faint fog underflow in fp16 (the
+        # MLP's own x128 is not enough at 2^18+ samples per batch), so floaters never get trained away.
+        fp16 = self.device.type == "cuda" and config.field.precision == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=500) if fp16 else None
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -188,7 +192,11 @@ class NeRF:
         else:
             loss = F.mse_loss(out["rgb"], target)
         self.optimizer.zero_grad(set_to_none=True)
-        if out["n_samples"] > 0:
+        if out["n_samples"] > 0 and self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skips the step if a gradient overflowed, then lowers the scale
+            self.scaler.update()
+        elif out["n_samples"] > 0:
             loss.backward()
             self.optimizer.step()
         n = max(out["n_samples"], 1)
@@ -222,11 +230,16 @@ class NeRF:
         return {k: torch.stack(v) for k, v in images.items()}
 
     def state_dict(self) -> dict:
-        return {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rays_per_batch": self.rays_per_batch}
+        state = {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rays_per_batch": self.rays_per_batch}
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rays_per_batch = int(state["rays_per_batch"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])

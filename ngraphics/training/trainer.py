@@ -71,6 +71,7 @@ class TrainerConfig:
     time_budget_s: if > 0, also stop after this many seconds of training (evaluation and saving excluded).
     rays_per_batch: rays per step for ray methods that do not choose their own batch size.
     eval_every: steps between evaluations on `data.eval_views` views; 0 = only the final one.
+    eval_times: also evaluate once the training time passes each of these seconds (e.g. [15, 60]).
     log_every: steps between log records (and progress-bar updates).
     save_every: steps between checkpoints; 0 = only at the end (and on Ctrl-C).
     keep_checkpoints: how many checkpoints to keep.
@@ -87,6 +88,7 @@ class TrainerConfig:
     time_budget_s: float = 0.0
     rays_per_batch: int = 4096
     eval_every: int = 0
+    eval_times: tuple[float, ...] = ()
     log_every: int = 100
     save_every: int = 2000
     keep_checkpoints: int = 2
@@ -293,6 +295,7 @@ class Trainer:
         self.sampler = sampler(self.train_scene, self.device, background)
         self.step = 0
         self.elapsed = 0.0  # training seconds, evaluation and saving excluded
+        self._evaluated_times: set[float] = set()
         if resume:
             found = run.checkpoints.latest(map_location="cpu")
             if found is None:
@@ -318,6 +321,7 @@ class Trainer:
                               f"config says {self.config.method!r}")
         self.method.load_state_dict(state["method"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self._evaluated_times = {s for s in self.config.trainer.eval_times if s <= self.elapsed}
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -377,7 +381,10 @@ class Trainer:
                 if t.profile_at and self.step == t.profile_at:
                     profiler = _Profile(self)
                 elif profiler is not None and self.step == t.profile_at + t.profile_steps:
-                    profiler.finish(t.profile_steps)
+                    try:
+                        profiler.finish(t.profile_steps)
+                    except Exception as err:  # a profile is never worth losing the run
+                        print(f"profile failed: {type(err).__name__}: {err}", file=sys.stderr)
                     profiler = None
                 start = time.perf_counter()
                 n_rays = int(getattr(self.method, "rays_per_batch", t.rays_per_batch))
@@ -405,7 +412,9 @@ class Trainer:
                     bar.set_postfix_str(_postfix(last, rate))
                     log_rays, log_time = 0, 0.0
                 bar.update(1)
-                if t.eval_every and self.step % t.eval_every == 0 and not self._done():
+                due = [s for s in t.eval_times if self.elapsed >= s and s not in self._evaluated_times]
+                if (t.eval_every and self.step % t.eval_every == 0 or due) and not self._done():
+                    self._evaluated_times.update(due)
                     self._log_eval(self.evaluate(self._eval_subset()))
                 if t.save_every and self.step % t.save_every == 0 and not self._done():
                     self.save()
@@ -482,8 +491,10 @@ class _Profile:
         categories = getattr(self.trainer.method, "profile_categories", {})
         split: dict[str, float] = {name: 0.0 for name in categories}
         split["rest"] = 0.0
-        for e in events:
-            us = e.self_device_time_total if self.cuda else 0.0
+        for e in events:  # kernels only (operator rows repeat their kernels' time)
+            if not self.cuda or e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = e.self_device_time_total
             if us <= 0:
                 continue
             name = next((c for c, keys in categories.items() if any(k in e.key for k in keys)), "rest")

@@ -95,10 +95,11 @@ def check_parity(spec, n, device, table_dtype=None, out_dtype=None, edges=False)
     return errs
 
 
-def small_spec(D, F, interpolation="Linear", grid_type="Hash", log2=6, levels=2, base=3, scale=2.0):
+def small_spec(D, F, interpolation="Linear", grid_type="Hash", log2=6, levels=2, base=3, scale=2.0,
+               hash_type="CoherentPrime"):
     return grid_spec(D, {"otype": "Grid", "type": grid_type, "n_levels": levels, "n_features_per_level": F,
                          "log2_hashmap_size": log2, "base_resolution": base, "per_level_scale": scale,
-                         "interpolation": interpolation})
+                         "interpolation": interpolation, "hash": hash_type})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -121,6 +122,13 @@ INTERPRETER_CASES = [  # (D, F, interpolation, type, table dtype); each level pa
 def test_interpreter_parity(D, F, interpolation, grid_type, table_dtype):
     spec = small_spec(D, F, interpolation, grid_type)
     check_parity(spec, 37, "cpu", table_dtype=table_dtype, edges=True)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("D,hash_type", [(1, "CoherentPrime"), (3, "Prime"), (2, "ReversedPrime"), (5, "CoherentPrime")])
+def test_interpreter_other_dims_and_hashes(D, hash_type):
+    """tcnn compiles D = 2..4 and one hash; the kernels take D = 1..7 and every prime set."""
+    check_parity(small_spec(D, 2, hash_type=hash_type), 37, "cpu", edges=True)
 
 
 @needs_interpreter
@@ -160,7 +168,8 @@ def test_gpu_parity(D, F, interpolation, grid_type, log2, levels, table_dtype, o
 
 @pytest.mark.gpu
 def test_gpu_int64_offsets():
-    """N * L * F > 2^31: output, dy and x offsets need int64. Checked on the last points."""
+    """N * L * F > 2^31: output, dy and x offsets need int64. Checked on the last points. Needs ~20 GB of GPU
+    memory (run the gpu tests with few xdist workers: 16 workers on one 80 GB H100 ran out)."""
     spec = small_spec(3, 2, levels=16, log2=19, base=16)
     n = 2**26 + 5
     x = torch.rand(n, 3, device="cuda")

@@ -96,7 +96,8 @@ def _unpack(word, F: tl.constexpr, HALF: tl.constexpr):
     out = ()
     if HALF:
         for k in tl.static_range(F):
-            out = out + (((word >> (16 * k)) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32),)
+            bits = ((word >> (16 * k)) & 0xFFFF).to(tl.uint16)
+            out = out + (bits.to(tl.float16, bitcast=True).to(tl.float32),)
     else:
         for k in tl.static_range(F):
             out = out + (((word >> (32 * k)) & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True),)
@@ -119,7 +120,7 @@ def _pack(vals, START: tl.constexpr, F: tl.constexpr, HALF: tl.constexpr, WORD: 
 
 @triton.jit
 def _load_row(ptr, row, F: tl.constexpr, mask):
-    """ptr[row * F : row * F + F] (fp16 or fp32) -> tuple of F fp32 tensors. mask: None (gathers) or (BLOCK,)."""
+    """ptr[row * F : row * F + F] (fp16 or fp32) -> F-tuple of fp32 tensors. mask: None (gathers) or (BLOCK,)."""
     HALF: tl.constexpr = ptr.dtype.element_ty == tl.float16
     # elements per word: fp16 rows of 2 (uint32) or 4 (uint64), fp32 rows of 2 (uint64); F = 1 loads directly.
     PER: tl.constexpr = 1 if F == 1 else (2 if F == 2 else 4) if HALF else 2
@@ -278,7 +279,7 @@ class LevelOps:
 
     fwd_kernel = bwd_kernel = bwd_bwd_kernel = None
     fp_fusion = True  # False: no fma contraction (where the reference's rounding must be matched op by op)
-    tuning: ClassVar[dict] = {}  # per kernel kind ("fwd", "bwd", "bwd_bwd"): block, warps, group, level_fastest
+    tuning: ClassVar[dict] = {}  # per kernel kind (fwd, bwd, bwd_bwd): block, warps, group, level_fastest
 
     def __init__(self, n_dims, n_levels, n_features, n_params, meta_rows, consts, moves=True):
         self.D, self.L, self.F, self.n_params, self.moves = n_dims, n_levels, n_features, n_params, moves
@@ -331,8 +332,8 @@ class LevelOps:
         dx = self._x_buffer(group, x.shape[0], x.device) if need_x else None
         need_x = need_x and self.moves
         if x.shape[0] and (need_table or need_x):
-            self._launch("bwd", self.bwd_kernel, x, table, dy, dtable if need_table else table, dx if need_x else x,
-                         group=group, NEED_TABLE=need_table, NEED_X=need_x)
+            self._launch("bwd", self.bwd_kernel, x, table, dy, dtable if need_table else table,
+                         dx if need_x else x, group=group, NEED_TABLE=need_table, NEED_X=need_x)
         return dtable, dx
 
     def backward_backward(self, x, table, dy, g_dx, g_dtable, need_table, need_dy, need_x):
@@ -375,7 +376,7 @@ class EncodeFn(torch.autograd.Function):
 
 
 class EncodeBackwardFn(torch.autograd.Function):
-    """(d params, d x) = backward(x, params, dy); differentiable once more (eikonal losses need d(dx)/d params)."""
+    """(d params, d x) = backward(x, params, dy); differentiable once more (eikonal losses: d(dx)/d params)."""
 
     @staticmethod
     def forward(ctx, x, params, dy, table, ops, need_params, need_x):
@@ -391,7 +392,7 @@ class EncodeBackwardFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_dparams, g_dx):
         x, params, dy = ctx.saved_tensors
-        need_x, need_params, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need_x, need_params, need_dy = ctx.needs_input_grad[:3]
         if g_dx is None and g_dparams is None:
             return None, None, None, None, None, None, None
         g_dx = None if g_dx is None else g_dx.float().contiguous()

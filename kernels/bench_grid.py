@@ -85,7 +85,8 @@ def ceilings() -> dict:
     for log2 in (19, 20, 21, 22, 24):
         for dtype, name in ((torch.float32, "4B"), (torch.int64, "8B")):
             table = torch.randint(0, 2**20, (2**log2,), device="cuda").to(dtype)
-            ms = cuda_time(lambda t=table, m=2**log2 - 1: _gather_kernel[(n // 256,)](t, out, n, m, K=k, BLOCK=256))
+            mask = 2**log2 - 1
+            ms = cuda_time(lambda t=table, m=mask: _gather_kernel[(n // 256,)](t, out, n, m, K=k, BLOCK=256))
             res[f"gather_{name}_2^{log2}_Gps"] = n * k / ms / 1e6
     return res
 
@@ -123,7 +124,8 @@ def time_encoding(kind, D, config, n, table_dtype=None, out_dtype=None) -> dict:
         out = encode(xg, params, spec, table_dtype=table_dtype, out_dtype=out_dtype)
         torch.autograd.grad(out, (xg, params), dy)
 
-    res = {"fwd_ms": cuda_time(fwd), "fwd_bwd_ms": cuda_time(fwd_bwd_tables), "fwd_bwd_x_ms": cuda_time(fwd_bwd_inputs)}
+    res = {"fwd_ms": cuda_time(fwd), "fwd_bwd_ms": cuda_time(fwd_bwd_tables),
+           "fwd_bwd_x_ms": cuda_time(fwd_bwd_inputs)}
     L, F = spec.n_levels, spec.n_features
     vertices = (1 << D) if kind == "grid" else D + 1
     out_bytes = n * L * F * (2 if out_dtype == torch.float16 else 4)
@@ -181,10 +183,12 @@ def main_bench() -> list[dict]:
         cases += [("simplex", D, CONFIG_A, 2**22, None, None), ("simplex", D, CONFIG_A, 2**22, f16, f16)]
     for kind, D, config, n, tdt, odt in cases:
         r = time_encoding(kind, D, config, n, tdt, odt)
-        row = dict(enc=kind, D=D, F=config["n_features_per_level"], log2T=config["log2_hashmap_size"],
-                   N=f"2^{n.bit_length() - 1}", table="fp16" if tdt else "fp32", out="fp16" if odt else "fp32", **r)
+        row = {"enc": kind, "D": D, "F": config["n_features_per_level"], "log2T": config["log2_hashmap_size"],
+               "N": f"2^{n.bit_length() - 1}", "table": "fp16" if tdt else "fp32",
+               "out": "fp16" if odt else "fp32", **r}
         rows.append(row)
-        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
     return rows
 
 
@@ -194,7 +198,7 @@ def main_bench() -> list[dict]:
 _COMPILE_CHILD = r"""
 import time, json, torch
 from ngraphics.kernels.bench_grid import make_case, CONFIG_A, _gather_kernel
-a = torch.zeros(256, device="cuda", requires_grad=True)  # warm CUDA, autograd (create_graph) and Triton's runtime
+a = torch.zeros(256, device="cuda", requires_grad=True)  # warm CUDA, autograd (create_graph), Triton
 torch.autograd.grad(torch.autograd.grad((a * a).sum(), a, create_graph=True)[0].sum(), a)
 _gather_kernel[(1,)](a.detach(), torch.empty_like(a), 256, 255, K=1, BLOCK=256); torch.cuda.synchronize()
 res = {}

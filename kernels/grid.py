@@ -191,7 +191,7 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
                    BLOCK: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
                    NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr,
                    VEC: tl.constexpr):
-    """One level of the double backward (formulas at `_grid_bwd_bwd_kernel`) -> (gdy tuple of F, gx tuple of D)."""
+    """One level of the double backward (formulas at `_grid_bwd_bwd_kernel`) -> (gdy: F-tuple, gx: D-tuple)."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
     DX_TERMS: tl.constexpr = HAS_GDX and INTERP != 0
     lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
@@ -265,7 +265,8 @@ def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, 
                      D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
                      GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
                      NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
-    """dtable[row_c] += w_c(x_i) dy[i, l] (fp32 atomics);  dx_i = sum_l sum_c (dw_c/dx) (dy[i, l] . table[row_c])."""
+    """dtable[row_c] += w_c(x_i) dy[i, l] (fp32 atomics);
+    dx_i = sum_l sum_c (dw_c/dx) (dy[i, l] . table[row_c])."""
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
     dx = _zeros(D, BLOCK)
@@ -368,7 +369,8 @@ def grid_ops(spec: GridSpec) -> GridOps:
 
 
 def grid_encode_triton(x: torch.Tensor, params: torch.Tensor, spec: GridSpec, *,
-                       table_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                       table_dtype: torch.dtype | None = None,
+                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Multiresolution grid encoding with Triton kernels; twin of `grid_encode_torch`.
 
     Args:

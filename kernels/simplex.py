@@ -150,7 +150,8 @@ def _fwd_level(xs, table_ptr, scale, off, size, factors, HASHED: tl.constexpr, D
     w = _diffs(_sorted(fr, ranks, D), 1.0, D)
     acc = _zeros(F, BLOCK)
     for k in tl.static_range(D + 1):
-        acc = _axpy(acc, w[k], _load_row(table_ptr, _vertex_row(lo, hi, ranks, k, HASHED, size, off), F, None), F)
+        row = _vertex_row(lo, hi, ranks, k, HASHED, size, off)
+        acc = _axpy(acc, w[k], _load_row(table_ptr, row, F, None), F)
     return acc
 
 

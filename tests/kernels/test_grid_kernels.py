@@ -51,7 +51,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _grads(encode, x0, p0, dy0, v, r):
     """out, (dx, dp), and the grads of (dx . v + dp . r) w.r.t. (x, p, dy)."""
-    x, p, dy = x0.clone().requires_grad_(True), p0.clone().requires_grad_(True), dy0.clone().requires_grad_(True)
+    x, p, dy = (t.clone().requires_grad_(True) for t in (x0, p0, dy0))
     out = encode(x, p)
     dx, dp = torch.autograd.grad(out, (x, p), dy, create_graph=True)
     loss = (dx * v).sum() + (dp * r).sum()
@@ -105,7 +105,7 @@ def small_spec(D, F, interpolation="Linear", grid_type="Hash", log2=6, levels=2,
 # --------------------------------------------------------------------------------------------------------
 # CPU: Triton interpreter, tiny inputs
 
-INTERPRETER_CASES = [  # (D, F, interpolation, type, table dtype); each level pair has a dense and a hashed level
+INTERPRETER_CASES = [  # (D, F, interpolation, type, table dtype); level 0 is dense, level 1 hashed
     (2, 1, "Linear", "Hash", None),
     (3, 2, "Linear", "Hash", None),
     (3, 2, "Smoothstep", "Hash", None),
@@ -125,7 +125,8 @@ def test_interpreter_parity(D, F, interpolation, grid_type, table_dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("D,hash_type", [(1, "CoherentPrime"), (3, "Prime"), (2, "ReversedPrime"), (5, "CoherentPrime")])
+@pytest.mark.parametrize("D,hash_type", [(1, "CoherentPrime"), (3, "Prime"), (2, "ReversedPrime"),
+                                         (5, "CoherentPrime")])
 def test_interpreter_other_dims_and_hashes(D, hash_type):
     """tcnn compiles D = 2..4 and one hash; the kernels take D = 1..7 and every prime set."""
     check_parity(small_spec(D, 2, hash_type=hash_type), 37, "cpu", edges=True)
@@ -143,7 +144,7 @@ def test_interpreter_level_groups_and_fp16_output(monkeypatch):
 # --------------------------------------------------------------------------------------------------------
 # CUDA
 
-GPU_CASES = [  # (D, F, interpolation, type, log2_hashmap_size, levels, table dtype, out dtype); base 16, scale 2
+GPU_CASES = [  # (D, F, interpolation, type, log2 table size, levels, table dtype, out dtype); base 16, scale 2
     (3, 2, "Linear", "Hash", 19, 16, None, None),
     (3, 2, "Linear", "Hash", 19, 16, torch.float16, torch.float16),
     (2, 1, "Linear", "Hash", 15, 8, torch.float16, None),
@@ -184,7 +185,8 @@ def test_gpu_int64_offsets():
     dy = torch.randn(out.shape, device="cuda", dtype=torch.float16)
     (dx,) = torch.autograd.grad(out, xg, dy)
     xt = x[tail].clone().requires_grad_(True)
-    (dx_ref,) = torch.autograd.grad(grid_encode_torch(xt, p.detach().half().float(), spec), xt, dy[tail].float())
+    ref_out = grid_encode_torch(xt, p.detach().half().float(), spec)
+    (dx_ref,) = torch.autograd.grad(ref_out, xt, dy[tail].float())
     assert _rel(dx[tail], dx_ref) <= TOL["grad16"]
 
 
@@ -192,7 +194,8 @@ def test_gpu_int64_offsets():
 @pytest.mark.parametrize("group,level_fastest", [(1, True), (4, False), (16, True)])
 def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
     for kind in kgrid.TUNING:
-        monkeypatch.setitem(kgrid.TUNING, kind, dict(kgrid.TUNING[kind], group=group, level_fastest=level_fastest))
+        shape = dict(kgrid.TUNING[kind], group=group, level_fastest=level_fastest)
+        monkeypatch.setitem(kgrid.TUNING, kind, shape)
     check_parity(small_spec(3, 2, levels=16, log2=19, base=16), 65537, "cuda")
 
 

@@ -47,7 +47,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _grads(encode, x0, p0, dy0, v, r):
     """out, dx, dp, and the grads of (dx . v + dp . r) w.r.t. (x, p, dy) (zeros where unused)."""
-    x, p, dy = x0.clone().requires_grad_(True), p0.clone().requires_grad_(True), dy0.clone().requires_grad_(True)
+    x, p, dy = (t.clone().requires_grad_(True) for t in (x0, p0, dy0))
     out = encode(x, p)
     dx, dp = torch.autograd.grad(out, (x, p), dy, create_graph=True)
     loss = (dx * v).sum() + (dp * r).sum()
@@ -135,7 +135,8 @@ def test_gpu_parity(D, F, log2, levels, table_dtype, out_dtype):
 @pytest.mark.parametrize("group,level_fastest", [(1, True), (16, False)])
 def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
     for kind in ksimplex.TUNING:
-        monkeypatch.setitem(ksimplex.TUNING, kind, dict(ksimplex.TUNING[kind], group=group, level_fastest=level_fastest))
+        shape = dict(ksimplex.TUNING[kind], group=group, level_fastest=level_fastest)
+        monkeypatch.setitem(ksimplex.TUNING, kind, shape)
     check_parity(small_spec(4, 2, log2=19, levels=16, base=16), 65537, "cuda")
 
 

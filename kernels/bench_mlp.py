@@ -88,10 +88,10 @@ def sweep(n: int, reps: int, warmup: int) -> list[dict]:
     wd = [w.detach() for w in ws]
     rows = []
     saved = dict(kmlp.TUNING)
-    fwd = [dict(block_m=bm, num_warps=nw, per_sm=ps, prefetch=pf)
+    fwd = [{"block_m": bm, "num_warps": nw, "per_sm": ps, "prefetch": pf}
            for bm, nw, ps, pf in ((64, 4, 4, True), (64, 4, 8, True), (128, 4, 4, True), (64, 4, 4, False),
                                   (128, 8, 2, True))]
-    bwd = [dict(block_m=bm, num_warps=nw, per_sm=ps, prefetch=pf, resident=True, acc_regs=True)
+    bwd = [{"block_m": bm, "num_warps": nw, "per_sm": ps, "prefetch": pf, "resident": True, "acc_regs": True}
            for bm, nw, ps, pf in ((64, 4, 2, True), (64, 4, 3, True), (64, 4, 2, False), (128, 4, 2, True),
                                   (128, 8, 1, True), (128, 8, 1, False), (64, 8, 2, True))]
     for kernel, key, configs, call in (
@@ -101,7 +101,7 @@ def sweep(n: int, reps: int, warmup: int) -> list[dict]:
         for cfg in configs:
             kmlp.TUNING.clear()
             kmlp.TUNING[key] = cfg
-            rows.append({"kernel": kernel, **cfg, "ms": _try(lambda: cuda_time(call, reps, warmup))})
+            rows.append({"kernel": kernel, **cfg, "ms": _try(lambda c=call: cuda_time(c, reps, warmup))})
         best = min((r for r in rows if r["kernel"] == kernel and r["ms"] is not None), key=lambda r: r["ms"])
         print(f"sweep best {kernel}: {best}")
     kmlp.TUNING.clear()
@@ -114,6 +114,7 @@ def ncu_step(n: int) -> None:
     For ncu: --kernel-name regex:"_grid_fwd_kernel|_grid_bwd_kernel|_mlp" --launch-skip 8 --launch-count 4."""
     from ngraphics.kernels.grid import grid_encode_triton
     from ngraphics.kernels.mlp import mlp_forward_triton
+
     from ngraphics.networks import NetworkWithInputEncoding
 
     model = NetworkWithInputEncoding(3, 16, HASHGRID_A, NETWORK, seed=1337, dtype=torch.float16).to(DEVICE)
@@ -131,7 +132,7 @@ def ncu_step(n: int) -> None:
 def _try(fn):
     try:
         return fn()
-    except Exception as err:  # a configuration that does not compile or fit (reported as None)
+    except Exception as err:  # noqa: BLE001 - a configuration that does not compile or fit: reported as None
         print(f"  config failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
         return None
 
@@ -157,9 +158,11 @@ def mlp_table(n: int, reps: int, warmup: int) -> list[dict]:
 
 def encoding_table(n: int, reps: int, warmup: int) -> list[dict]:
     """HashGrid A + MLP: the library module (fp32 table and features, as `HashGrid` runs by default), the
-    kernels composed directly the way tcnn runs them (fp16 table copy and fp16 features), and the grid alone."""
+    kernels composed directly the way tcnn runs them (fp16 table copy and fp16 features), and the grid
+    alone."""
     from ngraphics.kernels.grid import grid_encode_triton
     from ngraphics.kernels.mlp import mlp_forward_triton
+
     from ngraphics.networks import NetworkWithInputEncoding
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
@@ -255,7 +258,8 @@ def main(argv=None) -> int:
         ratio = f"{ref / row['ms']:9.2f}" if ref else ""
         print(f"{row['case']:44s} {row['backend']:8s} {row['ms']:8.3f} {ref or '':>8} {ratio}")
     for row in result.get("compile") or []:
-        print(f"compile {row['name']}: cold {row['cold_first_call_s']} s, cached {row['cached_first_call_s']} s, "
+        print(f"compile {row['name']}: cold {row['cold_first_call_s']} s, "
+              f"cached {row['cached_first_call_s']} s, "
               f"steady {row['steady_call_s']} s ({row['status']} {row['reason'] or ''})")
     return 0
 

@@ -23,6 +23,8 @@ layers) keep their weights in L1/L2 (reloaded per tile) and accumulate straight 
 from __future__ import annotations
 
 import functools
+import itertools
+import warnings
 
 import torch
 import triton
@@ -94,11 +96,17 @@ def _act_bwd(dh, s, ACT: tl.constexpr):
 
 
 @triton.jit
-def _load_w(ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_P: tl.constexpr, C_P: tl.constexpr):
-    """Row-major (ROWS, COLS) matrix as an (R_P, C_P) tile (power-of-two block), zero-padded."""
+def _mat_ptrs(ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_P: tl.constexpr, C_P: tl.constexpr):
+    """Pointers and mask of a row-major (ROWS, COLS) matrix as an (R_P, C_P) power-of-two tile."""
     r = tl.arange(0, R_P)[:, None]
     c = tl.arange(0, C_P)[None, :]
-    return tl.load(ptr + r * COLS + c, mask=(r < ROWS) & (c < COLS), other=0.0)
+    return ptr + r * COLS + c, (r < ROWS) & (c < COLS)
+
+
+@triton.jit
+def _load_w(ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_P: tl.constexpr, C_P: tl.constexpr):
+    p, m = _mat_ptrs(ptr, ROWS, COLS, R_P, C_P)
+    return tl.load(p, mask=m, other=0.0)
 
 
 @triton.jit
@@ -125,18 +133,10 @@ def _resident(ptrs, L: tl.constexpr, IN: tl.constexpr, IN_P: tl.constexpr, W: tl
     res = ptrs
     if RESIDENT:
         t4 = _mat(4, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P)
-        t0 = t4
-        t1 = t4
-        t2 = t4
-        t3 = t4
-        if L >= 1:
-            t0 = _mat(0, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P)
-        if L >= 2:
-            t1 = _mat(1, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P)
-        if L >= 3:
-            t2 = _mat(2, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P)
-        if L >= 4:
-            t3 = _mat(3, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P)
+        t0 = _mat(0, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P) if L >= 1 else t4
+        t1 = _mat(1, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P) if L >= 2 else t4
+        t2 = _mat(2, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P) if L >= 3 else t4
+        t3 = _mat(3, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P) if L >= 4 else t4
         res = (t0, t1, t2, t3, t4)
     return res
 
@@ -169,15 +169,7 @@ def _forward_tile(x, res, ptrs, L: tl.constexpr, IN: tl.constexpr, IN_P: tl.cons
                   ACT: tl.constexpr, PREC: tl.constexpr):
     """All layers of one tile. Returns z_out (fp32), the last hidden h and (h_k, s_k) per hidden layer;
     absent layers repeat x."""
-    h1 = x
-    s1 = x
-    h2 = x
-    s2 = x
-    h3 = x
-    s3 = x
-    h4 = x
-    s4 = x
-    last = x
+    h1, s1, h2, s2, h3, s3, h4, s4, last = x, x, x, x, x, x, x, x, x
     if L >= 1:
         h1, s1 = _layer(x, _get(0, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT), ACT, PREC)
         last = h1
@@ -241,29 +233,26 @@ def _acc(acc, upd, ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_P: tl.constexp
     if ACC_REGS:
         acc += upd
     else:
-        r = tl.arange(0, R_P)[:, None]
-        c = tl.arange(0, C_P)[None, :]
-        m = (r < ROWS) & (c < COLS)
-        p = ptr + r * COLS + c
+        p, m = _mat_ptrs(ptr, ROWS, COLS, R_P, C_P)
         tl.store(p, tl.load(p, mask=m, other=0.0) + upd, mask=m)
     return acc
 
 
 @triton.jit
 def _store_acc(acc, ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_P: tl.constexpr, C_P: tl.constexpr):
-    r = tl.arange(0, R_P)[:, None]
-    c = tl.arange(0, C_P)[None, :]
-    tl.store(ptr + r * COLS + c, acc, mask=(r < ROWS) & (c < COLS))
+    p, m = _mat_ptrs(ptr, ROWS, COLS, R_P, C_P)
+    tl.store(p, acc, mask=m)
 
 
 @triton.jit
 def _back(dh, s, h_prev, acc, part_k, K: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-          R_P: tl.constexpr, C_P: tl.constexpr, res, ptrs, L: tl.constexpr, IN: tl.constexpr, IN_P: tl.constexpr,
-          W: tl.constexpr, W_P: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr, RESIDENT: tl.constexpr,
-          ACT: tl.constexpr, PREC: tl.constexpr, ACC_REGS: tl.constexpr, NEED_DH: tl.constexpr):
+          R_P: tl.constexpr, C_P: tl.constexpr, res, ptrs, L: tl.constexpr, IN: tl.constexpr,
+          IN_P: tl.constexpr, W: tl.constexpr, W_P: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
+          RESIDENT: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, ACC_REGS: tl.constexpr, NEED_DH: tl.constexpr):
     """One layer back: dz = dh * act'(s); dW_K += dz^T h_prev; returns (dz W_K or dh when not needed, acc)."""
     dz = _act_bwd(dh, s.to(tl.float32), ACT).to(h_prev.dtype)
-    acc = _acc(acc, tl.dot(tl.trans(dz), h_prev, input_precision=PREC), part_k, ROWS, COLS, R_P, C_P, ACC_REGS)
+    upd = tl.dot(tl.trans(dz), h_prev, input_precision=PREC)
+    acc = _acc(acc, upd, part_k, ROWS, COLS, R_P, C_P, ACC_REGS)
     if NEED_DH:
         dh = tl.dot(dz, _get(K, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT), input_precision=PREC)
     return dh, acc
@@ -287,23 +276,13 @@ def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_p
     ptrs = (w0, w1, w2, w3, wl)
     res = _resident(ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT)
     # weight-gradient sums (placeholders where a layer is absent or ACC_REGS is off)
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    a4 = 0.0
-    if ACC_REGS:
-        if L == 0:
-            a4 = tl.zeros((OUT_P, IN_P), tl.float32)
-        else:
-            a0 = tl.zeros((W_P, IN_P), tl.float32)
-            a4 = tl.zeros((OUT_P, W_P), tl.float32)
-        if L >= 2:
-            a1 = tl.zeros((W_P, W_P), tl.float32)
-        if L >= 3:
-            a2 = tl.zeros((W_P, W_P), tl.float32)
-        if L >= 4:
-            a3 = tl.zeros((W_P, W_P), tl.float32)
+    a0, a1, a2, a3, a4 = 0.0, 0.0, 0.0, 0.0, 0.0
+    if ACC_REGS:  # (sums of absent layers are never updated or stored: dead code)
+        a0 = tl.zeros((W_P, IN_P), tl.float32)
+        a1 = tl.zeros((W_P, W_P), tl.float32)
+        a2 = tl.zeros((W_P, W_P), tl.float32)
+        a3 = tl.zeros((W_P, W_P), tl.float32)
+        a4 = tl.zeros((OUT_P, IN_P if L == 0 else W_P), tl.float32)
     tile = pid
     rows = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     x_in = _load_rows(x_ptr, stride_x, rows, N, IN, IN_P)
@@ -314,8 +293,8 @@ def _mlp_bwd_kernel(x_ptr, stride_x, w0, w1, w2, w3, wl, dy_ptr, stride_dy, dx_p
             x_next = _load_rows(x_ptr, stride_x, rows_next, N, IN, IN_P)
             dy_next = _load_rows(dy_ptr, stride_dy, rows_next, N, N_OUT, OUT_P)
         x = x_in.to(dt)
-        z_out, last, h1, s1, h2, s2, h3, s3, h4, s4 = _forward_tile(x, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P,
-                                                                    RESIDENT, ACT, PREC)
+        z_out, last, h1, s1, h2, s2, h3, s3, _h4, s4 = _forward_tile(
+            x, res, ptrs, L, IN, IN_P, W, W_P, OUT, OUT_P, RESIDENT, ACT, PREC)
         dh = dy_in.to(tl.float32)
         s_out = z_out
         if OUT_ACT <= 2:
@@ -378,7 +357,8 @@ def unsupported_reason(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSp
         return "float32 on CUDA (exact fp32 products have no tensor-core path; cuBLAS is faster)"
     if spec.n_hidden_layers > MAX_HIDDEN_LAYERS:
         return f"{spec.n_hidden_layers} hidden layers (the kernel runs 0 to {MAX_HIDDEN_LAYERS})"
-    widest = max(spec.padded_input_dims, spec.padded_output_dims, spec.n_neurons if spec.n_hidden_layers else 0)
+    hidden = spec.n_neurons if spec.n_hidden_layers else 0
+    widest = max(spec.padded_input_dims, spec.padded_output_dims, hidden)
     if widest > MAX_WIDTH:
         return f"a layer {widest} wide (the kernel keeps layers up to {MAX_WIDTH} wide on chip)"
     if spec.n_hidden_layers and spec.n_neurons % 16:
@@ -390,8 +370,6 @@ def unsupported_reason(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSp
 
 @functools.cache
 def _warn_fallback(reason: str) -> None:
-    import warnings
-
     warnings.warn(f"mlp_forward_triton: {reason}; using mlp_forward_torch", stacklevel=3)
 
 
@@ -413,32 +391,32 @@ def tile_config(spec: MLPSpec, dtype: torch.dtype, backward: bool, need_dx: bool
     columns = spec.n_hidden_layers * w_p  # hidden activations a backward tile keeps live, per row
     small = in_p <= 32 and w_p <= 64 and columns <= 128
     if not backward:
-        cfg = dict(block_m=64, num_warps=4, per_sm=4) if small else dict(block_m=128, num_warps=8, per_sm=2)
-        cfg.update(resident=True, prefetch=cfg["block_m"] * in_p <= 128 * 64)  # a second x tile in registers
-    elif small:
-        cfg = dict(block_m=64, num_warps=4, per_sm=2, resident=True, acc_regs=True, prefetch=True)
+        bm, nw, per_sm = (64, 4, 4) if small else (128, 8, 2)
+        row = (bm, nw, per_sm, True, False, bm * in_p <= 128 * 64)  # prefetch: a second x tile in registers
+    elif small:  # block_m, num_warps, per_sm, resident, acc_regs, prefetch
+        row = (64, 4, 2, True, True, True)
     elif in_p > 32:  # wide inputs: the x tile and the first matrix's sums crowd the registers
-        cfg = dict(block_m=32, num_warps=4, per_sm=2, resident=False, acc_regs=False, prefetch=False)
+        row = (32, 4, 2, False, False, False)
     elif columns <= 128:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=True, prefetch=False)
+        row = (64, 8, 1, True, True, False)
     elif columns <= 192:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=True, acc_regs=False, prefetch=False)
+        row = (64, 8, 1, True, False, False)
     else:
-        cfg = dict(block_m=64, num_warps=8, per_sm=1, resident=False, acc_regs=False, prefetch=False)
-    cfg["num_stages"] = 1
+        row = (64, 8, 1, False, False, False)
+    cfg = {**dict(zip(("block_m", "num_warps", "per_sm", "resident", "acc_regs", "prefetch"), row)), "num_stages": 1}
     key = "fwd" if not backward else ("bwd" if need_dx else "bwd_nodx")
     cfg.update(TUNING.get(key, TUNING.get("bwd", {}) if backward else {}))
     return cfg
 
 
-def _consts(spec: MLPSpec, weights: list[torch.Tensor], dtype: torch.dtype) -> dict:
-    return dict(
-        IN=spec.padded_input_dims, IN_P=_p2(spec.padded_input_dims),
-        W=spec.n_neurons, W_P=_p2(spec.n_neurons),
-        OUT=spec.padded_output_dims, OUT_P=_p2(spec.padded_output_dims), N_OUT=spec.n_output_dims,
-        L=spec.n_hidden_layers, ACT=ACT_CODES[spec.activation], OUT_ACT=ACT_CODES[spec.output_activation],
-        PREC="ieee" if dtype == torch.float32 else "tf32",
-    )
+def _consts(spec: MLPSpec, dtype: torch.dtype) -> dict:
+    return {
+        "IN": spec.padded_input_dims, "IN_P": _p2(spec.padded_input_dims),
+        "W": spec.n_neurons, "W_P": _p2(spec.n_neurons),
+        "OUT": spec.padded_output_dims, "OUT_P": _p2(spec.padded_output_dims), "N_OUT": spec.n_output_dims,
+        "L": spec.n_hidden_layers, "ACT": ACT_CODES[spec.activation], "OUT_ACT": ACT_CODES[spec.output_activation],
+        "PREC": "ieee" if dtype == torch.float32 else "tf32",
+    }
 
 
 def _weight_args(weights: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -458,9 +436,9 @@ def mlp_forward_kernel(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSp
     n_tiles = triton.cdiv(n, cfg["block_m"])
     n_prog = _n_programs(x.device, n_tiles, cfg["per_sm"])
     _mlp_fwd_kernel[(n_prog,)](
-        x, x.stride(0), *_weight_args(weights), y, y.stride(0), n, **_consts(spec, weights, x.dtype),
-        BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"], PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        x, x.stride(0), *_weight_args(weights), y, y.stride(0), n, **_consts(spec, x.dtype),
+        BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"], PREFETCH=cfg["prefetch"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y
 
@@ -483,11 +461,12 @@ def mlp_backward_kernel(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPS
     _mlp_bwd_kernel[(n_prog,)](
         x, x.stride(0), *_weight_args(weights), dy, dy.stride(0), dx, dx.stride(0), part, n,
         N_PARAMS=spec.n_params, OFF_H1=h_offs[0], OFF_H2=h_offs[1], OFF_H3=h_offs[2], OFF_LAST=offsets[-2],
-        **_consts(spec, weights, x.dtype), BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"],
-        ACC_REGS=cfg["acc_regs"], NEED_DX=need_dx, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **_consts(spec, x.dtype), BLOCK_M=cfg["block_m"], RESIDENT=cfg["resident"],
+        ACC_REGS=cfg["acc_regs"], NEED_DX=need_dx, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     grad = part.sum(0)
-    dws = [grad[a:b].view(r, c) for (a, b), (r, c) in zip(zip(offsets[:-1], offsets[1:]), shapes)]
+    dws = [grad[a:b].view(r, c) for (a, b), (r, c) in zip(itertools.pairwise(offsets), shapes)]
     return (dx if need_dx else None), dws
 
 
@@ -508,7 +487,8 @@ class _MLPFunction(torch.autograd.Function):
         if not (ctx.needs_input_grad[0] or need_w):
             return (None,) * (2 + len(weights))
         dx, dws = mlp_backward_kernel(x, weights, ctx.spec, dy.contiguous(), ctx.needs_input_grad[0])
-        dws = [dw.to(w.dtype) if need else None for dw, w, need in zip(dws, weights, ctx.needs_input_grad[2:])]
+        needs = ctx.needs_input_grad[2:]
+        dws = [dw.to(w.dtype) if need else None for dw, w, need in zip(dws, weights, needs)]
         return (dx, None, *dws)
 
 
@@ -516,9 +496,10 @@ def mlp_forward_triton(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSp
     """Fused MLP forward (differentiable: fused backward to x and every weight). Twin of `mlp_forward_torch`.
 
     Args:
-        x: inputs, already padded to the first matrix's width. (N, spec.padded_input_dims) float16, bfloat16
-            or float32 on CUDA (CPU under TRITON_INTERPRET=1).
-        weights: the spec.n_hidden_layers + 1 row-major (out, in) matrices of `spec.layer_shapes()`, x's dtype.
+        x: inputs, already padded to the first matrix's width. (N, spec.padded_input_dims) float16 or
+            bfloat16 on CUDA; also float32 on CPU under TRITON_INTERPRET=1.
+        weights: the spec.n_hidden_layers + 1 row-major (out, in) matrices of `spec.layer_shapes()`, in
+            x's dtype.
         spec: the network (widths up to 128, 0 to 4 hidden layers, any tcnn activation).
     Returns: (N, spec.n_output_dims) in x's dtype. Matmuls accumulate in fp32; activations are evaluated in
     fp32 and rounded to x's dtype between layers. float32 uses exact (non-tf32) products.

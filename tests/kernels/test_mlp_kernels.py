@@ -27,8 +27,9 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
 pytest.importorskip("triton")
 
-import ngraphics.kernels.mlp as kmlp  # noqa: E402
-from ngraphics.networks.mlp import MLP, MLPSpec, mlp_forward_torch, next_multiple  # noqa: E402
+import ngraphics.kernels.mlp as kmlp
+
+from ngraphics.networks.mlp import MLP, MLPSpec, mlp_forward_torch, next_multiple
 
 INTERPRETED = type(kmlp._mlp_fwd_kernel).__name__ == "InterpretedFunction"
 if os.environ.get("TRITON_INTERPRET") == "1" and not INTERPRETED:  # imported earlier without the interpreter
@@ -42,7 +43,8 @@ FP32_TOL = 2e-6
 
 
 def make_spec(n_in, n_out, width, layers, act="ReLU", out_act="None") -> MLPSpec:
-    return MLPSpec(n_in, n_out, next_multiple(n_in, 16), next_multiple(n_out, 16), width, layers, act, out_act)
+    padded_in, padded_out = next_multiple(n_in, 16), next_multiple(n_out, 16)
+    return MLPSpec(n_in, n_out, padded_in, padded_out, width, layers, act, out_act)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -172,7 +174,8 @@ def test_unsupported_calls_fall_back_to_torch():
     assert "5 hidden layers" in kmlp.unsupported_reason(x.float(), [w.float() for w in ws], spec)
     assert "float64" in kmlp.unsupported_reason(x, ws, spec)
     wide = make_spec(8, 2, 256, 1)
-    assert "256 wide" in kmlp.unsupported_reason(x.float(), [torch.randn(r, c) for r, c in wide.layer_shapes()], wide)
+    wide_ws = [torch.randn(r, c) for r, c in wide.layer_shapes()]
+    assert "256 wide" in kmlp.unsupported_reason(x.float(), wide_ws, wide)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         y = kmlp.mlp_forward_triton(x, ws, spec)

@@ -108,7 +108,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         folder.save(10, {"w": torch.zeros(5), "step": 10})
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000010.pt"]  # no temp files left
-    path, state = folder.latest()
+    _path, state = folder.latest()
     assert state["step"] == 10 and torch.equal(state["w"], torch.arange(5.0))
 
 
@@ -119,7 +119,7 @@ def test_damaged_newest_checkpoint_falls_back_and_old_ones_are_pruned(tmp_path):
     assert [p.name for p in folder.paths()] == ["step_0000002.pt", "step_0000003.pt"]
     folder.paths()[-1].write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
-        path, state = folder.latest()
+        _path, state = folder.latest()
     assert state["step"] == 2
 
 

@@ -29,4 +29,4 @@ def method_class(name: object, where: str = "method") -> type:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "method_class", "NeRF"]
+__all__ = ["METHODS", "NeRF", "method_class"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from dataclasses import field as _field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ class NeRF:
     Config = NeRFConfig
     batching = "rays"
     # kernel-name substrings per step component, for the trainer's profile (trainer.profile_at)
-    profile_categories = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
+    profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
                           "marching": ("_march_", "_early_stop_"), "compositing": ("_composite_",)}
 
     def __init__(self, config: NeRFConfig, scene: SceneData, device: torch.device | str = "cpu"):
@@ -225,8 +225,8 @@ class NeRF:
                 parts["rgb"].append(out["rgb"])
                 parts["depth"].append(out["depth"][:, None])
                 parts["alpha"].append(out["alpha"][:, None])
-            for k in images:
-                images[k].append(torch.cat(parts[k]).reshape(H, W, -1))
+            for k, chunks in parts.items():
+                images[k].append(torch.cat(chunks).reshape(H, W, -1))
         return {k: torch.stack(v) for k, v in images.items()}
 
     def state_dict(self) -> dict:

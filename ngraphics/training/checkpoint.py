@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a checkpoint, or holds objects weights_only refuses
+    except Exception as err:  # noqa: BLE001 - truncated, not a checkpoint, or objects weights_only refuses
         raise DataError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     if not isinstance(state, dict):
         raise DataError(f"{path}: not an ngraphics checkpoint (expected a dict, got {type(state).__name__})")

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import torch
 
-from ngraphics.cameras import Cameras
 from ngraphics.config import apply_overrides, from_dict, load_mapping, to_dict
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
@@ -383,7 +382,7 @@ class Trainer:
                 elif profiler is not None and self.step == t.profile_at + t.profile_steps:
                     try:
                         profiler.finish(t.profile_steps)
-                    except Exception as err:  # a profile is never worth losing the run
+                    except Exception as err:  # noqa: BLE001 - a profile is never worth losing the run
                         print(f"profile failed: {type(err).__name__}: {err}", file=sys.stderr)
                     profiler = None
                 start = time.perf_counter()
@@ -577,6 +576,18 @@ def default_run_name(config_path: Path, method: str) -> str:
 
 
 __all__ = [
-    "DataConfig", "TrainerConfig", "RunConfig", "Trainer", "RaySampler", "ViewSampler", "parse_run_config",
-    "load_run_config", "find_config", "configs_root", "evaluate_method", "restore_run", "pick_device", "default_run_name",
+    "DataConfig",
+    "RaySampler",
+    "RunConfig",
+    "Trainer",
+    "TrainerConfig",
+    "ViewSampler",
+    "configs_root",
+    "default_run_name",
+    "evaluate_method",
+    "find_config",
+    "load_run_config",
+    "parse_run_config",
+    "pick_device",
+    "restore_run",
 ]

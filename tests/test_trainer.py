@@ -223,6 +223,9 @@ def test_cli_train_eval_render_on_a_tiny_run(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--set", "trainer.steps=8", "--quiet"]) == 0
     assert RunFolder(run).checkpoints.paths()[-1].name == "step_0000008.pt"
     assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert main(["train", "--data", str(tmp_path / "nope"), "--runs-dir", str(tmp_path), "--name", "bad"]) == 2
+    assert "nope: dataset path not found" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing written for a run that could not start
 
 
 def test_ssim_and_psnr_match_skimage():

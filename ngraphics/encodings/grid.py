@@ -288,11 +288,11 @@ def _scaled_position(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x.to(torch.float64) * scale + 0.5).to(x.dtype)
 
 
-def _encode_level(x: torch.Tensor, params: torch.Tensor, spec: GridSpec, level: int) -> torch.Tensor:
-    """One level: x (N, D) -> features (N, F), in x's dtype."""
+def _encode_level(x: torch.Tensor, level_params: torch.Tensor, spec: GridSpec, level: int) -> torch.Tensor:
+    """One level: x (N, D), the level's own table (hashmap_sizes[level] * F,) -> features (N, F), x's dtype."""
     D, F = spec.n_dims, spec.n_features
-    size, offset = spec.hashmap_sizes[level], spec.offsets[level]
-    table = params[offset * F:(offset + size) * F].view(size, F)
+    size = spec.hashmap_sizes[level]
+    table = level_params.view(size, F)
     pos = _scaled_position(x, spec.scales[level])  # (N, D)
     pos_floor = torch.floor(pos)
     frac = pos - pos_floor  # (N, D) in [0, 1), d/dx = scale
@@ -354,13 +354,16 @@ def grid_encode_torch(x: torch.Tensor, params: torch.Tensor, spec: GridSpec) -> 
     dtype = torch.promote_types(torch.promote_types(x.dtype, params.dtype), torch.float32)
     x, params = x.to(dtype), params.to(dtype)
     needs_graph = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
+    # Per-level views, split once: each level's gather then has a gradient the size of its own table, and one
+    # split backward assembles d params (slicing params per level would build a full-size gradient per level).
+    tables = torch.split(params, [size * spec.n_features for size in spec.hashmap_sizes])
     levels = []
-    for level in range(spec.n_levels):
+    for level, table in enumerate(tables):
         if needs_graph:  # recompute each level in backward rather than keep 2^D index/weight tensors per level
-            levels.append(checkpoint(_encode_level, x, params, spec, level, use_reentrant=False,
+            levels.append(checkpoint(_encode_level, x, table, spec, level, use_reentrant=False,
                                      preserve_rng_state=False))
         else:
-            levels.append(_encode_level(x, params, spec, level))
+            levels.append(_encode_level(x, table, spec, level))
     return torch.cat(levels, dim=1)
 
 

@@ -18,26 +18,12 @@ import torch
 from torch import nn
 
 from ngraphics.encodings import Encoding, create_encoding
-from ngraphics.encodings.composite import pad_value, required_output_alignment
+from ngraphics.encodings.composite import pad_rule, required_output_alignment
 from ngraphics.networks.mlp import ALIGNMENT, MLP, next_multiple
 from ngraphics.networks.pcg32 import Pcg32, grid_uniform
 
 TCNN_GRIDS = ("HashGrid", "DenseGrid", "TiledGrid", "Grid")
 GRID_INIT_RANGE = 1e-4  # tcnn grid initialize_params: uniform(-1e-4, 1e-4)
-
-
-def encoding_pad_rule(encoding: Encoding) -> tuple[float, bool]:
-    """(value, in_front) that tcnn writes into `encoding`'s padded output columns."""
-    if encoding.otype == "SphericalHarmonics":
-        return 1.0, True
-    if encoding.otype == "Composite":
-        rules = [encoding_pad_rule(e) for e in encoding.nested]
-        reduction = encoding.config.reduction
-        if reduction == "Concatenation":
-            return rules[-1]  # tcnn pads the last nested encoding
-        values = [value for value, _ in rules]
-        return (sum(values) if reduction == "Sum" else math.prod(values)), rules[0][1]
-    return pad_value(encoding), False
 
 
 def pad_encoded(features: torch.Tensor, width: int, rule: tuple[float, bool]) -> torch.Tensor:
@@ -147,7 +133,7 @@ class NetworkWithInputEncoding(ParamLender):
         self.encoding = create_encoding(n_input_dims, encoding_config, backend=backend, strict=strict)
         alignment = math.lcm(ALIGNMENT, required_output_alignment(self.encoding))
         self.padded_encoding_dims = next_multiple(self.encoding.n_output_dims, alignment)
-        self.pad_rule = encoding_pad_rule(self.encoding)
+        self.pad_rule = pad_rule(self.encoding)
         self.network = MLP(
             self.padded_encoding_dims, n_output_dims, network_config, seed=seed, dtype=dtype, backend=backend,
             strict=strict,
@@ -193,6 +179,6 @@ def create_network_with_input_encoding(
 
 
 __all__ = [
-    "NetworkWithInputEncoding", "create_network_with_input_encoding", "encoding_pad_rule", "pad_encoded",
+    "NetworkWithInputEncoding", "create_network_with_input_encoding", "pad_encoded",
     "tcnn_encoding_params", "take_params", "lend_params", "ParamLender",
 ]

@@ -19,7 +19,9 @@ What carries over from tinycudann (`bindings/torch/tinycudann/modules.py`):
   Keys tinycudann would ignore are ignored here too, with ONE warning per module naming them
   (`TcnnCompatWarning`); the native `ngraphics.networks`/`ngraphics.encodings` APIs reject them.
 - Any batch size (tinycudann pads batches to `batch_size_granularity()` internally; we need not).
-- Output dtype: `dtype` on CUDA (float16 unless an Encoding asks for float32), float32 on CPU.
+- Precision: `dtype` on CUDA (float16 unless a module asks for float32), float32 outputs on CPU. An Encoding
+  in float16 runs its grids / Simplex as tinycudann does: float32 master params, an fp16 copy of the tables
+  read by the kernels each call, fp16 outputs (on CPU the same fp16 rounding, returned as float32).
 """
 
 from __future__ import annotations
@@ -187,7 +189,10 @@ class Encoding(ParamLender):
     """tinycudann `Encoding`: x (N, n_input_dims) float -> (N, n_output_dims) in `dtype` on CUDA, float32 on CPU.
 
     dtype: None (float16 where CUDA is present, like tinycudann's preferred precision), torch.float32 or
-    torch.float16. `params`: the encoding's parameters in tcnn's layout (empty for parameter-free ones).
+    torch.float16; handed to the encoding (`create_encoding(..., dtype=)`), so grids and Simplex read fp16
+    tables and write fp16 outputs in the kernels, like tinycudann; parameter-free encodings compute in
+    float32 and their output is cast. `params`: the encoding's parameters in tcnn's layout (float32; empty
+    for parameter-free ones).
     """
 
     def __init__(self, n_input_dims: int, encoding_config: Any, seed: int = 1337, dtype: torch.dtype | None = None):
@@ -195,11 +200,11 @@ class Encoding(ParamLender):
         if dtype not in (None, torch.float32, torch.float16):
             raise ValueError(f"Encoding only supports fp32 or fp16 precision, but got {dtype}")
         config = load_config(encoding_config, "encoding")
-        self.encoding = create_encoding(n_input_dims, config, strict=False)
+        self.dtype = dtype or _default_dtype()
+        self.encoding = create_encoding(n_input_dims, config, strict=False, dtype=self.dtype)
         _warn_unknown("Encoding", _encoding_unknown_keys(self.encoding, "encoding_config"))
         self.n_input_dims, self.n_output_dims = n_input_dims, self.encoding.n_output_dims
         self.encoding_config, self.seed = config, seed
-        self.dtype = dtype or _default_dtype()
         self.loss_scale = 128.0 if self.dtype == torch.float16 else 1.0
         self.jit_fusion = False
         init = tcnn_encoding_params(self.encoding, Pcg32(seed))
@@ -211,9 +216,9 @@ class Encoding(ParamLender):
         return [(self.encoding, 0, self.params.numel())]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, n_input_dims) float -> (N, n_output_dims)."""
+        """x: (N, n_input_dims) float -> (N, n_output_dims), `dtype` on CUDA, float32 on CPU."""
         with self.lent():
-            out = self.encoding(x.float())
+            out = self.encoding(x.float())  # already in dtype where the encoding has tables
         return out.to(self.dtype if out.is_cuda else torch.float32)
 
     def extra_repr(self) -> str:

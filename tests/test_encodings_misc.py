@@ -344,3 +344,30 @@ def test_defaults_and_n_dims_to_encode_accepted():
     assert create_encoding(2, {"otype": "TriangleWave"}).n_output_dims == 2 * 12
     assert create_encoding(2, {"otype": "OneBlob"}).n_output_dims == 2 * 16
     assert create_encoding(3, {"otype": "SphericalHarmonics"}).n_output_dims == 16
+
+
+def test_round_params_is_the_fp16_copy_with_an_identity_gradient():
+    from ngraphics.encodings.base import round_params
+
+    p = torch.tensor([0.1, -1 / 3, 1e-8, 3e-8, -7e-6, 65519.0, 7e4, -1e5, 0.0], requires_grad=True)
+    rounded = round_params(p, torch.float16)
+    assert torch.equal(rounded, p.detach().half().float())  # bit-exact, overflow (inf) and underflow included
+    rounded.backward(torch.arange(9.0))
+    assert torch.equal(p.grad, torch.arange(9.0))
+    assert round_params(p, None) is p and round_params(p, torch.float32) is p
+
+
+def test_dtype_reaches_nested_grids_and_skips_encodings_without_tables():
+    config = {"otype": "Composite", "nested": [
+        {"otype": "HashGrid", "n_dims_to_encode": 2, "n_levels": 2, "log2_hashmap_size": 6},
+        {"otype": "Frequency", "n_frequencies": 2},
+    ]}
+    enc = create_encoding(3, config, backend="torch", dtype=torch.float16)
+    assert enc.dtype == enc.nested[0].dtype == torch.float16 and not hasattr(enc.nested[1], "dtype")
+    x = inputs(3).float()
+    out = enc(x)
+    assert out.dtype == torch.float16
+    parts = [enc.nested[0](x[:, :2]), enc.nested[1](x[:, 2:])]
+    assert parts[0].dtype == torch.float16 and parts[1].dtype == torch.float32
+    assert torch.equal(out, torch.cat(parts, dim=1).half())
+    assert create_encoding(3, {"otype": "Frequency"}, dtype=torch.float16)(x).dtype == torch.float32

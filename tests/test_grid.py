@@ -307,6 +307,59 @@ def test_nearest_has_zero_input_gradient():
     assert torch.equal(g, torch.zeros_like(g))
 
 
+# ------------------------------------------------------------------------------------ precision (dtype)
+
+
+def within_half_fp16_ulp(out16: torch.Tensor, exact: np.ndarray) -> np.ndarray:
+    """|out - exact| <= half an fp16 ulp (+ float32 summation slack): out is exact rounded once to fp16."""
+    out = out16.detach().numpy()
+    half_ulp = np.spacing(np.abs(out)).astype(np.float64) / 2
+    return np.abs(out.astype(np.float64) - exact) <= half_ulp + 1e-6 * np.abs(exact) + 1e-12
+
+
+def test_dtype_float16_rounds_tables_and_output_on_the_torch_backend():
+    """dtype=float16 (tcnn's precision): fp16 tables, float32 interpolation, one fp16 rounding of the output;
+    the float32 params get float32 gradients (the cast passes them as the identity), second order too."""
+    cfg = dict(small_config("Hash", 3, 2, "Smoothstep"), n_levels=3)
+    enc = Grid(3, cfg, backend="torch", dtype=torch.float16)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # values of order 1 (as after training): fp16 rounding of the tables shows
+        enc.params.copy_(torch.rand(enc.n_params, generator=gen) * 2 - 1)
+    x = interior_points(enc.spec, 40, seed=3).float().requires_grad_(True)
+    out = enc(x)
+    assert out.dtype == torch.float16 and enc.params.dtype == torch.float32
+    p16 = enc.params.detach().numpy().astype(np.float16).astype(np.float64)
+    assert within_half_fp16_ulp(out, oracle_encode(x.detach().numpy(), p16, cfg, True)).all()
+    unrounded = oracle_encode(x.detach().numpy(), enc.params.detach().double().numpy(), cfg, True)
+    assert not within_half_fp16_ulp(out, unrounded).all()  # the check above sees the table rounding
+
+    # gradients vs the float64 reference on the fp16 tables (dy arrives as fp16, like the output)
+    dy = torch.randn(out.shape, generator=gen).half()
+    v = torch.randn(x.shape, generator=gen)
+    (dx,) = torch.autograd.grad(out, x, dy, create_graph=True)
+    (dp,) = torch.autograd.grad(out, enc.params, dy, retain_graph=True)
+    (ddp,) = torch.autograd.grad((dx * v).sum(), enc.params)
+    x64 = x.detach().double().requires_grad_(True)
+    p64 = torch.from_numpy(p16).requires_grad_(True)
+    out64 = grid_encode_torch(x64, p64, enc.spec)
+    dx64, dp64 = torch.autograd.grad(out64, (x64, p64), dy.double(), create_graph=True)
+    (ddp64,) = torch.autograd.grad((dx64 * v.double()).sum(), p64)
+    assert dp.dtype == ddp.dtype == torch.float32
+    for a, b in ((dp, dp64), (dx, dx64), (ddp, ddp64)):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=2e-6 * b.abs().max().item())
+
+
+def test_dtype_default_and_float32_are_the_float32_reference():
+    cfg = small_config("Dense", 2, 4, "Linear")
+    x = torch.rand(20, 2)
+    default, fp32 = Grid(2, cfg, backend="torch"), Grid(2, cfg, backend="torch", dtype=torch.float32)
+    assert default.dtype is None and torch.equal(default(x), fp32(x))
+    assert torch.equal(default(x), grid_encode_torch(x, default.params, default.spec))
+    assert default.double()(x.double()).dtype == torch.float64  # None: params' dtype
+    with pytest.raises(ConfigError, match=r"HashGrid.dtype: must be None, torch.float32 or torch.float16"):
+        HashGrid(2, cfg, dtype=torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------------------- Encoding API
 
 

@@ -274,6 +274,39 @@ def test_module_backward_touches_only_used_rows():
     assert 0 < used <= 3 * 3 * 3  # at most N * L * (D + 1) rows
 
 
+# ---------------------------------------------------------------- precision (dtype)
+
+
+def test_dtype_float16_rounds_tables_and_output_on_the_torch_backend():
+    """dtype=float16: output = exact encoding of the fp16-rounded tables, rounded once to fp16; float32
+    params get the float32 gradient of the fp16-table encoding."""
+    cfg = tiny(3)
+    enc = Simplex(3, cfg, backend="torch", dtype=torch.float16)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        enc.params.copy_(torch.rand(enc.n_params, generator=gen) * 2 - 1)
+    x = points(3, 40, gen)  # float64: the positions are exact, only the table and output precision differ
+    out = enc(x)
+    assert out.dtype == torch.float16 and enc.params.dtype == torch.float32
+    table16 = enc.params.detach().numpy().astype(np.float16).astype(np.float64).reshape(-1, 2)
+    exact = oracle_encode(x.numpy(), table16, cfg)
+    out_np = out.detach().numpy()
+    half_ulp = np.spacing(np.abs(out_np)).astype(np.float64) / 2
+    assert (np.abs(out_np.astype(np.float64) - exact) <= half_ulp + 1e-12).all()
+    unrounded = oracle_encode(x.numpy(), enc.params.detach().double().numpy().reshape(-1, 2), cfg)
+    assert not (np.abs(out_np.astype(np.float64) - unrounded) <= half_ulp + 1e-12).all()  # tables were fp16
+    dy = torch.randn(out.shape, generator=gen).half()
+    (dp,) = torch.autograd.grad(out, enc.params, dy)
+    p64 = torch.from_numpy(table16.reshape(-1)).requires_grad_(True)
+    (dp64,) = torch.autograd.grad(simplex_encode_torch(x, p64, enc.spec), p64, dy.double())
+    assert dp.dtype == torch.float32
+    torch.testing.assert_close(dp.double(), dp64, rtol=0, atol=1e-6 * dp64.abs().max().item())
+    default = Simplex(3, cfg, backend="torch")
+    assert default.dtype is None and default(x).dtype == torch.float64  # None: the reference's promotion
+    with pytest.raises(ConfigError, match="Simplex.dtype"):
+        Simplex(3, cfg, dtype=torch.float64)
+
+
 # ---------------------------------------------------------------- module, config
 
 

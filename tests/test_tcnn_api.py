@@ -230,6 +230,24 @@ def test_attributes_dtypes_and_module_functions():
     assert "hyperparams" in repr(model)
 
 
+def test_encoding_dtype_sets_the_grid_precision():
+    """tcnn.Encoding(dtype=float16) runs its grid in tinycudann's precision (fp16 tables and outputs); on CPU
+    the values come back as float32."""
+    from ngraphics.encodings import HashGrid
+
+    grid = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 10, "base_resolution": 4}
+    enc = tcnn.Encoding(3, grid, dtype=torch.float16)
+    assert enc.encoding.dtype == torch.float16 and enc.params.dtype == torch.float32
+    with torch.no_grad():
+        enc.params.uniform_(-1, 1)
+    native = HashGrid(3, grid, backend="torch", dtype=torch.float16)
+    native.load_state_dict(enc.state_dict())
+    x = torch.rand(50, 3)
+    out = enc(x)
+    assert out.dtype == torch.float32 and torch.equal(out, native(x).float())
+    assert tcnn.Encoding(3, grid, dtype=torch.float32).encoding.dtype == torch.float32
+
+
 @pytest.mark.gpu
 def test_cuda_half_outputs_and_finite_gradients():
     grid = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8}

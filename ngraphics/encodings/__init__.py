@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ngraphics.encodings.base import Encoding
 from ngraphics.encodings.composite import Composite
 from ngraphics.encodings.frequency import Frequency, TriangleWave
@@ -42,7 +44,8 @@ def encoding_class(otype: Any, where: str = "encoding.otype") -> type[Encoding]:
 
 
 def create_encoding(
-    n_input_dims: int, config: dict, *, backend: str = "auto", strict: bool = True, where: str = "encoding"
+    n_input_dims: int, config: dict, *, backend: str = "auto", strict: bool = True, where: str = "encoding",
+    dtype: torch.dtype | None = None,
 ) -> Encoding:
     """Build the encoding described by a tiny-cuda-nn style dict (`otype` plus that encoding's keys).
 
@@ -51,10 +54,15 @@ def create_encoding(
         config: e.g. `{"otype": "HashGrid", "n_levels": 16}`; missing keys take tiny-cuda-nn's defaults.
         backend: `auto | torch | triton`.
         strict: unknown keys are errors (True) or collected in `encoding.unknown_keys` (False).
+        dtype: tables' and output precision of the encodings that have tables (grids, Simplex; a Composite
+            hands it to its nested encodings): None (float32), torch.float32 or torch.float16 (see
+            `HashGrid`). Encodings without tables ignore it (their output is float32).
     """
     if not isinstance(config, dict) or "otype" not in config:
         raise ConfigError(f"{where}: needs an otype key, one of {', '.join(ENCODINGS)}")
     cls = encoding_class(config["otype"], f"{where}.otype")
+    if cls.has_dtype:
+        return cls(n_input_dims, config, backend=backend, strict=strict, dtype=dtype)
     return cls(n_input_dims, config, backend=backend, strict=strict)
 
 

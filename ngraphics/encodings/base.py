@@ -18,6 +18,27 @@ from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError
 
 
+PRECISIONS = (torch.float32, torch.float16)
+
+
+def check_precision(dtype: Any, where: str) -> torch.dtype | None:
+    """The `dtype` option of encodings with tables (grids, Simplex): None, torch.float32 or torch.float16."""
+    if dtype is not None and dtype not in PRECISIONS:
+        raise ConfigError(f"{where}.dtype: must be None, torch.float32 or torch.float16, got {dtype}")
+    return dtype
+
+
+def round_params(params: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """params holding the values a `dtype` copy of them holds (the torch backend's emulation of the kernels'
+    per-call fp16 table). Gradients pass as through the identity, as they do through the kernels' cast:
+    params + (rounded - params).detach() equals `rounded` exactly (the difference is exact, Sterbenz).
+    params: (P,) float. Returns (P,) in params' dtype."""
+    if dtype is None or dtype == params.dtype:
+        return params
+    rounded = params.detach().to(dtype).to(params.dtype)
+    return params + (rounded - params.detach())
+
+
 class Encoding(nn.Module):
     """Base class. Subclasses set `otype`, `Config` (a frozen dataclass of tiny-cuda-nn keys and defaults),
     compute `n_output_dims` and `n_params` in `__init__`, and implement `forward`.
@@ -32,6 +53,7 @@ class Encoding(nn.Module):
 
     otype: ClassVar[str] = ""
     Config: ClassVar[type] = type(None)
+    has_dtype: ClassVar[bool] = False  # __init__ takes `dtype` (tables and output precision; see HashGrid)
 
     def __init__(self, n_input_dims: int, config: Any = None, *, backend: str = "auto", strict: bool = True):
         super().__init__()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ngraphics.encodings.base import Encoding
+from ngraphics.encodings.base import Encoding, check_precision
 from ngraphics.errors import ConfigError, choice_message
 
 GRID_LIKE = ("HashGrid", "DenseGrid", "TiledGrid", "Grid", "Simplex")
@@ -76,15 +76,21 @@ def pad_rule(encoding: Encoding) -> tuple[float, bool]:
 
 
 class Composite(Encoding):
-    """x (N, D) -> nested encodings of column slices of x, concatenated (or summed / multiplied)."""
+    """x (N, D) -> nested encodings of column slices of x, concatenated (or summed / multiplied).
+
+    dtype: None, torch.float32 or torch.float16: handed to the nested encodings with tables (see `HashGrid`);
+    the combined output is cast to it (None: the nested outputs' promoted dtype)."""
 
     otype = "Composite"
     Config = CompositeConfig
+    has_dtype = True
 
-    def __init__(self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True):
+    def __init__(self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True,
+                 dtype: torch.dtype | None = None):
         super().__init__(n_input_dims, config, backend=backend, strict=strict)
         from ngraphics.encodings import create_encoding  # the package imports this module
 
+        self.dtype = check_precision(dtype, self.otype)
         where = f"{self.otype}.nested"
         slices = self._split_dims(n_input_dims, where)
         self.nested = nn.ModuleList()
@@ -94,7 +100,7 @@ class Composite(Encoding):
                 continue
             entry = {k: v for k, v in entry.items() if k not in ("n_dims_to_encode", "dims_to_encode_begin")}
             self.nested.append(
-                create_encoding(count, entry, backend=backend, strict=strict, where=f"{where}[{i}]")
+                create_encoding(count, entry, backend=backend, strict=strict, where=f"{where}[{i}]", dtype=dtype)
             )
             self.slices.append((begin, count))
         if not self.nested:
@@ -205,7 +211,9 @@ class Composite(Encoding):
         finally:
             self._share_params(attached=False)
         if self.config.reduction == "Sum":
-            return torch.stack(outputs).sum(dim=0)
-        if self.config.reduction == "Product":
-            return torch.stack(outputs).prod(dim=0)
-        return torch.cat(outputs, dim=1)
+            out = torch.stack(outputs).sum(dim=0)
+        elif self.config.reduction == "Product":
+            out = torch.stack(outputs).prod(dim=0)
+        else:
+            out = torch.cat(outputs, dim=1)
+        return out if self.dtype is None else out.to(self.dtype)

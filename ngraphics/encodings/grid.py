@@ -60,7 +60,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ngraphics.backends import resolve_backend
 from ngraphics.config import from_dict
-from ngraphics.encodings.base import Encoding
+from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError, choice_message
 
 GRID_TYPES = ("Hash", "Dense", "Tiled")
@@ -391,20 +391,30 @@ def _levels_from_n_features(config: Any, where: str) -> Any:
 class Grid(Encoding):
     """Trainable multiresolution grid (tiny-cuda-nn `Grid`; `type` Hash, Dense or Tiled).
 
-    x: (N, D) float in [0, 1] (not clamped) -> (N, n_levels * n_features_per_level), in params' dtype.
+    x: (N, D) float in [0, 1] (not clamped) -> (N, n_levels * n_features_per_level).
     `self.spec` holds the resolved layout; `self.params` the flat table (tcnn order, so state dicts load),
-    initialised uniform in [-1e-4, 1e-4] from `seed`.
+    float32 master parameters initialised uniform in [-1e-4, 1e-4] from `seed`.
     Backends: `torch` (reference), `triton` (`ngraphics.kernels.grid`); `auto` takes Triton on CUDA when the
     kernel supports the spec (`triton_unsupported_reason`), else torch.
+    dtype: the tables' and the output's precision. Our default training dtype: fp32 master params; float32
+        in the native API, float16 tables+outputs when dtype=torch.float16 (the tcnn drop-in on CUDA).
+        None (default): params' dtype, float32 for the float32 master params, the exact twin of the
+        reference. torch.float16: tiny-cuda-nn's precision: the kernels read an fp16 copy of the tables made
+        each call (interpolation still sums in float32) and write fp16 outputs; the torch backend gives the
+        same numbers on any device by rounding the params to fp16 and the output to fp16. Either way the
+        params stay float32 and receive float32 gradients (as through the identity). torch.float32: float32
+        tables and output.
     """
 
     otype = "Grid"
     Config = GridConfig
+    has_dtype = True
 
     def __init__(self, n_input_dims: int, config: Any = None, *, backend: str = "auto", strict: bool = True,
-                 seed: int = 1337):
+                 seed: int = 1337, dtype: torch.dtype | None = None):
         super().__init__(n_input_dims, _levels_from_n_features(config, self.otype), backend=backend,
                          strict=strict)
+        self.dtype = check_precision(dtype, self.otype)
         self.spec = grid_spec(n_input_dims, self.config, self.otype)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
         self._triton_reason = triton_unsupported_reason(self.spec)
@@ -416,6 +426,7 @@ class Grid(Encoding):
         self.params = nn.Parameter(init * (2 * INIT_RANGE) - INIT_RANGE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, D) float -> (N, L * F) in `dtype` (None: params' dtype)."""
         self.check_input(x)
         if not x.is_floating_point():
             raise ValueError(f"{self.otype}: positions must be float, got {x.dtype}")
@@ -423,10 +434,10 @@ class Grid(Encoding):
         if backend == "triton" and self._triton_reason is None:
             from ngraphics.kernels.grid import grid_encode_triton
 
-            out = grid_encode_triton(x, self.params, self.spec)
+            out = grid_encode_triton(x, self.params, self.spec, table_dtype=self.dtype, out_dtype=self.dtype)
         else:
-            out = grid_encode_torch(x, self.params, self.spec)
-        return out.to(self.params.dtype)
+            out = grid_encode_torch(x, round_params(self.params, self.dtype), self.spec)
+        return out.to(self.dtype or self.params.dtype)
 
     def config_dict(self) -> dict:
         """The resolved config, as tiny-cuda-nn's `hyperparams()` reports it (per_level_scale filled in)."""
@@ -441,8 +452,9 @@ class Grid(Encoding):
 
     def extra_repr(self) -> str:
         s = self.spec
+        dtype = "" if self.dtype is None else f", dtype={self.dtype}"
         return (f"{super().extra_repr()}, type={s.grid_type}, n_levels={s.n_levels}, F={s.n_features}, "
-                f"resolutions={s.resolutions[0]}..{s.resolutions[-1]}, interpolation={s.interpolation}")
+                f"resolutions={s.resolutions[0]}..{s.resolutions[-1]}, interpolation={s.interpolation}{dtype}")
 
 
 class HashGrid(Grid):

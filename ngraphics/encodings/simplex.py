@@ -50,7 +50,7 @@ from torch import nn
 
 from ngraphics.backends import resolve_backend
 from ngraphics.config import from_dict
-from ngraphics.encodings.base import Encoding
+from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError
 
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -245,17 +245,27 @@ class Simplex(Encoding):
     """Multi-resolution hashed simplex lattice: x (N, D) in [0, 1] -> (N, n_levels * n_features_per_level).
 
     Keys and defaults as tcnn's HashGrid: n_levels 16, n_features_per_level 2, log2_hashmap_size 19,
-    base_resolution 16, per_level_scale 2.0. `seed` seeds the uniform [-1e-4, 1e-4] initialisation.
-    Runs the Triton kernel (ngraphics.kernels.simplex) where `backend` resolves to triton, else torch.
+    base_resolution 16, per_level_scale 2.0. `seed` seeds the uniform [-1e-4, 1e-4] initialisation of the
+    float32 master `params`. Runs the Triton kernel (ngraphics.kernels.simplex) where `backend` resolves to
+    triton, else torch.
+    dtype: tables' and output precision, as for `HashGrid`. Our default training dtype: fp32 master params;
+        float32 in the native API, float16 tables+outputs when dtype=torch.float16 (the tcnn drop-in on
+        CUDA). None (default; float32 kernels, the exact twin of the reference, whose output has the
+        promoted dtype of x and params), torch.float32, or torch.float16 (tiny-cuda-nn's precision: an fp16
+        copy of the tables per call and fp16 output in the kernels, the same rounding emulated on the torch
+        backend; params stay float32 with float32 gradients).
     """
 
     otype = "Simplex"
     Config = SimplexConfig
+    has_dtype = True
 
     def __init__(
-        self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True, seed: int = 1337
+        self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True, seed: int = 1337,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__(n_input_dims, config, backend=backend, strict=strict)
+        self.dtype = check_precision(dtype, self.otype)
         self.spec = simplex_spec(n_input_dims, self.config)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
         generator = torch.Generator().manual_seed(seed)
@@ -263,10 +273,12 @@ class Simplex(Encoding):
         self.params = nn.Parameter(init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, D) float in [0, 1] -> (N, L * F)."""
+        """x: (N, D) float in [0, 1] -> (N, L * F), in `dtype` when it is set."""
         self.check_input(x)
         if resolve_backend(self.backend, x.device) == "triton":
             from ngraphics.kernels.simplex import simplex_encode_triton
 
-            return simplex_encode_triton(x, self.params, self.spec)
-        return simplex_encode_torch(x, self.params, self.spec)
+            out = simplex_encode_triton(x, self.params, self.spec, table_dtype=self.dtype, out_dtype=self.dtype)
+        else:
+            out = simplex_encode_torch(x, round_params(self.params, self.dtype), self.spec)
+        return out if self.dtype is None else out.to(self.dtype)

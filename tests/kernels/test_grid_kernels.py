@@ -141,6 +141,29 @@ def test_interpreter_level_groups_and_fp16_output(monkeypatch):
     check_parity(spec, 37, "cpu", table_dtype=torch.float16, out_dtype=torch.float16)
 
 
+@needs_interpreter
+def test_interpreter_module_float16_precision_and_prime_hash():
+    """HashGrid(dtype=float16, backend="triton") runs the kernels with fp16 tables and outputs, and the torch
+    backend's emulation agrees; the Prime hash goes to the kernels too (no torch fallback)."""
+    from ngraphics.backends import triton_available
+
+    triton_available.cache_clear()  # TRITON_INTERPRET may have been set after a first (cached) answer
+    config = {"n_levels": 3, "log2_hashmap_size": 7, "base_resolution": 3, "hash": "Prime"}
+    tri = HashGrid(3, config, backend="triton", dtype=torch.float16)
+    ref = HashGrid(3, config, backend="torch", dtype=torch.float16)
+    assert tri._triton_reason is None
+    with torch.no_grad():
+        tri.params.uniform_(-1, 1)
+    ref.load_state_dict(tri.state_dict())
+    x = torch.rand(37, 3)
+    out_tri, out_ref = tri(x), ref(x)
+    assert out_tri.dtype == out_ref.dtype == torch.float16
+    assert _rel(out_tri, out_ref) <= TOL["out16"]
+    dy = torch.randn(out_ref.shape).half()
+    (g_tri,), (g_ref,) = torch.autograd.grad(out_tri, tri.params, dy), torch.autograd.grad(out_ref, ref.params, dy)
+    assert g_tri.dtype == torch.float32 and _rel(g_tri, g_ref) <= TOL["grad"]
+
+
 # --------------------------------------------------------------------------------------------------------
 # CUDA
 

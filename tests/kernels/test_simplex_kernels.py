@@ -113,6 +113,28 @@ def test_interpreter_level_groups_and_fp16_output(monkeypatch):
     check_parity(small_spec(3, 2, levels=4), 37, "cpu", table_dtype=torch.float16, out_dtype=torch.float16)
 
 
+@needs_interpreter
+def test_interpreter_module_float16_precision():
+    """Simplex(dtype=float16, backend="triton"): fp16 tables and outputs in the kernels, as emulated by the
+    torch backend."""
+    from ngraphics.backends import triton_available
+
+    triton_available.cache_clear()  # TRITON_INTERPRET may have been set after a first (cached) answer
+    config = {"n_levels": 2, "log2_hashmap_size": 7, "base_resolution": 3}
+    tri = Simplex(3, config, backend="triton", dtype=torch.float16)
+    ref = Simplex(3, config, backend="torch", dtype=torch.float16)
+    with torch.no_grad():
+        tri.params.uniform_(-1, 1)
+    ref.load_state_dict(tri.state_dict())
+    x = torch.rand(37, 3)
+    out_tri, out_ref = tri(x), ref(x)
+    assert out_tri.dtype == out_ref.dtype == torch.float16
+    assert _rel(out_tri, out_ref) <= TOL["out16"]
+    dy = torch.randn(out_ref.shape).half()
+    (g_tri,), (g_ref,) = torch.autograd.grad(out_tri, tri.params, dy), torch.autograd.grad(out_ref, ref.params, dy)
+    assert g_tri.dtype == torch.float32 and _rel(g_tri, g_ref) <= TOL["grad"]
+
+
 GPU_CASES = [  # (D, F, log2_hashmap_size, levels, table dtype, out dtype); base 16, scale 2
     (2, 2, 19, 16, None, None),
     (3, 2, 19, 16, None, None),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,25 +35,16 @@ from ngraphics.kernels import simplex as ksimplex
 
 from ngraphics.encodings.grid import grid_spec
 from ngraphics.encodings.simplex import simplex_spec
+from ngraphics.profiling.timing import time_queued
 
 CONFIG_A = {"n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19, "base_resolution": 16,
             "per_level_scale": 2.0}
 
 
 def cuda_time(fn, warmup: int = 5, reps: int = 30) -> float:
-    """Median milliseconds of `fn()` over `reps` calls, each bracketed by CUDA events, after `warmup` calls.
-    The calls are queued back to back and synchronised once at the end, so the host's launch overhead
-    overlaps the device work (as in a training loop) instead of showing up as idle device time."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
+    """Median milliseconds of `fn()` over `reps` calls queued back to back between CUDA events, after `warmup`
+    calls (`time_queued`: the host's launch overhead overlaps the device work, as in a training loop)."""
+    return time_queued(fn, "cuda", warmup=warmup, repeats=reps).median_ms
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,8 +186,9 @@ def main_bench() -> list[dict]:
 # Compile times
 
 _COMPILE_CHILD = r"""
-import time, json, torch
+import json, torch
 from ngraphics.kernels.bench_grid import make_case, CONFIG_A, _gather_kernel
+from ngraphics.profiling.timing import wall_time
 a = torch.zeros(256, device="cuda", requires_grad=True)  # warm CUDA, autograd (create_graph), Triton
 torch.autograd.grad(torch.autograd.grad((a * a).sum(), a, create_graph=True)[0].sum(), a)
 _gather_kernel[(1,)](a.detach(), torch.empty_like(a), 256, 255, K=1, BLOCK=256); torch.cuda.synchronize()
@@ -205,14 +196,11 @@ res = {}
 for kind in ("grid", "simplex"):
     spec, encode, params, x, dy = make_case(kind, 3, CONFIG_A, 4096, None, None)
     xg = x.clone().requires_grad_(True)
-    def step(fn):
-        torch.cuda.synchronize(); t = time.perf_counter(); fn(); torch.cuda.synchronize()
-        return time.perf_counter() - t
-    res[kind + "_fwd_s"] = step(lambda: encode(x, params, spec))
+    res[kind + "_fwd_s"] = wall_time(lambda: encode(x, params, spec), "cuda")
     out = encode(xg, params, spec)
-    res[kind + "_bwd_s"] = step(lambda: torch.autograd.grad(out, (xg, params), dy, create_graph=True))
+    res[kind + "_bwd_s"] = wall_time(lambda: torch.autograd.grad(out, (xg, params), dy, create_graph=True), "cuda")
     dx, dp = torch.autograd.grad(encode(xg, params, spec), (xg, params), dy, create_graph=True)
-    res[kind + "_bwd_bwd_s"] = step(lambda: torch.autograd.grad(dx.square().sum(), (xg, params)))
+    res[kind + "_bwd_bwd_s"] = wall_time(lambda: torch.autograd.grad(dx.square().sum(), (xg, params)), "cuda")
 print("JSON" + json.dumps(res))
 """
 

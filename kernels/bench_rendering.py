@@ -21,31 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 
 import torch
 
 from ngraphics.kernels import compositing as kc
 from ngraphics.kernels import marching as km
+from ngraphics.profiling.timing import time_fn
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import march
 from ngraphics.rendering.occupancy import OccupancyGrid
 
 
 def cuda_time(fn, warmup: int = 3, reps: int = 20) -> float:
-    """Median milliseconds of `fn()` between CUDA events, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of `fn()` between CUDA events, synchronised after each call, after `warmup` calls."""
+    return time_fn(fn, "cuda", warmup=warmup, min_repeats=reps, max_repeats=reps).median_ms
 
 
 def lego_like_scene(n_rays: int, res: int = 128, seed: int = 0):

@@ -88,3 +88,15 @@ def test_format_table_aligns_and_marks_missing():
     lines = text.splitlines()
     assert lines[0].split() == ["name", "ms"] and lines[2].split() == ["x", "1.5"] and lines[3].split() == ["long", "n/a"]
     assert len({len(line) for line in lines[1:]}) == 1  # numbers right-aligned to one width
+
+
+def test_time_helpers_call_counts_and_summary():
+    """time_fn / time_queued: warm-up calls untimed, then the asked repeats; median within [min, max]."""
+    from ngraphics.profiling.timing import time_fn, time_queued
+
+    calls = []
+    t = time_queued(lambda: calls.append(1), "cpu", warmup=2, repeats=7)
+    assert len(calls) == 9 and t.repeats == 7 and t.min_ms <= t.median_ms <= t.max_ms
+    calls.clear()
+    t = time_fn(lambda: calls.append(1), "cpu", warmup=3, min_repeats=4, max_repeats=4, min_time_s=0.0)
+    assert len(calls) == 7 and t.repeats == 4 and t.min_ms <= t.median_ms <= t.max_ms

@@ -1,7 +1,9 @@
 """Timing helpers for benchmarks: warm up, synchronise, repeat, report the median.
 
 On CUDA each repeat is bracketed by CUDA events (device time of the queued work); on CPU by
-`time.perf_counter`. Tests never time; benchmarks are programs (`ngraphics profile …`).
+`time.perf_counter`. `time_fn` synchronises after every call (each call timed alone); `time_queued` queues
+all calls back to back and synchronises once, so the host's launch overhead overlaps device work as in a
+training loop. Tests never time; benchmarks are programs (`ngraphics profile …`, `kernels/bench_*.py`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,32 @@ def time_fn(
     return Timing(statistics.median(times), min(times), max(times), len(times))
 
 
+def time_queued(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 5,
+                repeats: int = 30) -> Timing:
+    """Time `repeats` calls of `fn()` queued back to back (after `warmup` calls), each bracketed by its own
+    pair of CUDA events, with one synchronisation at the end; on CPU, perf_counter around each call.
+    Returns: Timing (milliseconds per call)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    else:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in events]
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
 def wall_time(fn: Callable[[], object], device: torch.device | str) -> float:
     """Seconds for one call of `fn()` including synchronisation (e.g. a first call that compiles)."""
     synchronize(device)
@@ -81,4 +109,4 @@ def wall_time(fn: Callable[[], object], device: torch.device | str) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["Timing", "synchronize", "time_fn", "wall_time"]
+__all__ = ["Timing", "synchronize", "time_fn", "time_queued", "wall_time"]

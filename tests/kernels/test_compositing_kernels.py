@@ -18,16 +18,14 @@ conditioning).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from harness import rel_err, run_in_interpreter
 
 from ngraphics.rendering.compositing import composite, offsets_from_counts
 
-REPO = Path(__file__).resolve().parents[2]
 TOL = {"out": 1e-5, "grad": 1e-4}
 
 
@@ -51,11 +49,6 @@ def packed_samples(R: int, max_count: int, device, gen: torch.Generator) -> dict
     return {"sigmas": sigmas.to(device), "rgbs": torch.rand(N, 3, generator=gen).to(device),
             "t_starts": t_starts.to(device), "t_ends": (t_starts + dt).to(device),
             "ray_indices": ray_indices.to(device), "offsets": offsets.to(device)}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape and torch.isfinite(a).all(), (a.shape, b.shape)
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item() if b.numel() else 0.0
 
 
 def _run(fn, p: dict, background, cot: dict, weights_grad: bool):
@@ -91,10 +84,10 @@ def check_composite(p: dict, background, weights_grad: bool, gen: torch.Generato
     for name, fn in refs:
         want, want_g = _run(fn, p, background, cot, weights_grad)
         for k in ("rgb", "alpha", "depth", "weights"):
-            errors[f"{name}.{k}"] = _rel(got[k], want[k])
+            errors[f"{name}.{k}"] = rel_err(got[k], want[k])
             assert errors[f"{name}.{k}"] <= TOL["out"], (name, k, errors)
         for k, a, b in zip(("d_sigmas", "d_rgbs", "d_background"), got_g, want_g):
-            errors[f"{name}.{k}"] = _rel(a, b)
+            errors[f"{name}.{k}"] = rel_err(a, b)
             assert errors[f"{name}.{k}"] <= TOL["grad"], (name, k, errors)
     return errors
 
@@ -133,7 +126,8 @@ def interpreted_checks() -> None:
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     for R, max_count, bg in ((13, 40, "rays"), (7, 5, "one"), (5, 3, None)):
         p = packed_samples(R, max_count, "cpu", gen)
-        background = {"rays": torch.rand(R, 3, generator=gen), "one": torch.rand(3, generator=gen), None: None}[bg]
+        background = {"rays": torch.rand(R, 3, generator=gen), "one": torch.rand(3, generator=gen),
+                      None: None}[bg]
         print(R, max_count, bg, check_composite(p, background, True, gen, oracle=composite_float64_loop))
     # no samples at all; backend="triton" through the reference's dispatch
     p = packed_samples(3, 0, "cpu", gen)
@@ -143,11 +137,7 @@ def interpreted_checks() -> None:
 
 
 def test_composite_triton_interpreter_matches_torch_and_float64():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, "interpreted_checks"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_in_interpreter(__file__)
 
 
 @pytest.mark.gpu
@@ -156,7 +146,8 @@ def test_composite_triton_matches_torch_gpu(bg, weights_grad):
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
     R = 1 << 14
     p = packed_samples(R, 256, "cuda", gen)
-    background = {"rays": torch.rand(R, 3, generator=gen), "one": torch.rand(3, generator=gen), None: None}[bg]
+    background = {"rays": torch.rand(R, 3, generator=gen), "one": torch.rand(3, generator=gen),
+                  None: None}[bg]
     background = None if background is None else background.cuda()
     print(check_composite(p, background, weights_grad, gen))
 

@@ -8,7 +8,8 @@ d params, d x, and the double backward of (d params, d x) w.r.t. x, params and d
   it cannot show speed, the GPU's fused multiply-add of `scale * x + 0.5` (it rounds twice: a point within an
   ulp of a cell face may pick the neighbouring cell, which moves the output by ~1e-7) or unordered atomics.
 - With CUDA the same checks run as `gpu` tests on larger inputs across a sample of the config matrix.
-Errors are max |triton - torch| / max |torch| per tensor. Tolerances: fp32 tables 2e-5 (output) and 1e-4
+Errors are max |triton - torch| / max |torch| per tensor (`harness.check_encoding_parity`, which the
+simplex tests share). Tolerances: fp32 tables 2e-5 (output) and 1e-4
 (gradients: fp32 atomics sum in another order); fp16 tables are compared with the reference evaluated on the
 fp16-rounded table, so the same tolerances hold, except with fp16 outputs (one fp16 rounding of the output
 and of the incoming gradient: 2e-3 output, 5e-3 gradients).
@@ -16,50 +17,21 @@ and of the incoming gradient: 2e-3 output, 5e-3 gradients).
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
-pytest.importorskip("triton")
-
-import ngraphics.kernels._common as kcommon
-import ngraphics.kernels.grid as kgrid
+from harness import ENCODING_TOL as TOL
+from harness import (
+    check_encoding_parity,
+    check_module_float16,
+    interpreted_kernels,
+    interpreter_only,
+    rel_err,
+)
 
 from ngraphics.encodings.grid import HashGrid, grid_encode_torch, grid_spec
 
-INTERPRETED = type(kgrid._grid_fwd_kernel).__name__ == "InterpretedFunction"
-if os.environ.get("TRITON_INTERPRET") == "1" and not INTERPRETED:  # imported earlier without the interpreter
-    kcommon = importlib.reload(kcommon)
-    kgrid = importlib.reload(kgrid)
-    INTERPRETED = True
-
-needs_interpreter = pytest.mark.skipif(
-    not INTERPRETED, reason="interpreter cases run on CPU-only machines; with CUDA the gpu cases cover them"
-)
-
-TOL = {"out": 2e-5, "grad": 1e-4, "out16": 2e-3, "grad16": 5e-3}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape and torch.isfinite(a).all()
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
-
-def _grads(encode, x0, p0, dy0, v, r):
-    """out, (dx, dp), and the grads of (dx . v + dp . r) w.r.t. (x, p, dy)."""
-    x, p, dy = (t.clone().requires_grad_(True) for t in (x0, p0, dy0))
-    out = encode(x, p)
-    dx, dp = torch.autograd.grad(out, (x, p), dy, create_graph=True)
-    loss = (dx * v).sum() + (dp * r).sum()
-    second = (None, None, None)
-    if loss.requires_grad:  # (grid Nearest: the reference's loss is constant)
-        second = torch.autograd.grad(loss, (x, p, dy), allow_unused=True)
-    second = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(second, (x, p, dy)))
-    return out.detach(), dx.detach(), dp.detach(), second
+(kgrid,), INTERPRETED = interpreted_kernels("grid")
+needs_interpreter = interpreter_only(INTERPRETED)
 
 
 def check_parity(spec, n, device, table_dtype=None, out_dtype=None, edges=False):
@@ -71,28 +43,9 @@ def check_parity(spec, n, device, table_dtype=None, out_dtype=None, edges=False)
         k = torch.randint(0, int(spec.scales[1]) + 1, (n // 4, spec.n_dims), generator=g)
         x[1:1 + n // 4] = ((k.float() - 0.5) / spec.scales[1]).clamp(0, 1)
     p = torch.randn(spec.n_params, generator=g)
-    x, p = x.to(device), p.to(device)
-    p_ref = p.half().float() if table_dtype == torch.float16 else p
-    out_ref = grid_encode_torch(x, p_ref, spec)
-    dy = torch.randn(out_ref.shape, generator=g).to(device)
-    v = torch.randn(x.shape, generator=g).to(device)
-    if out_dtype == torch.float16:  # d loss / d dy grows with the level scale; keep it inside fp16's range
-        v = v / max(spec.scales)
-    r = torch.randn(p.shape, generator=g).to(device)
-    if device != "cpu":  # poison the allocator's cache: unwritten outputs show up as NaN
-        torch.full((4 * out_ref.numel() + 4 * p.numel(),), float("nan"), device=device)
-    tri = _grads(lambda a, b: kgrid.grid_encode_triton(a, b, spec, table_dtype=table_dtype, out_dtype=out_dtype),
-                 x, p, dy, v, r)
-    ref = _grads(lambda a, b: grid_encode_torch(a, b, spec), x, p_ref, dy, v, r)
-    names = ["out", "dx", "dp", "ddx", "ddp", "ddy"]
-    errs = dict(zip(names, [_rel(a, b) for a, b in zip(tri[:3] + tuple(tri[3]), ref[:3] + tuple(ref[3]))]))
-    out_tol = TOL["out16"] if out_dtype == torch.float16 else TOL["out"]
-    assert tri[0].dtype == (out_dtype or torch.float32)
-    assert errs["out"] <= out_tol, errs
-    grad_tol = TOL["grad16"] if out_dtype == torch.float16 else TOL["grad"]  # dy is rounded to fp16 too
-    for name in names[1:]:
-        assert errs[name] <= grad_tol, (name, errs)
-    return errs
+    return check_encoding_parity(lambda a, b, **kw: kgrid.grid_encode_triton(a, b, spec, **kw),
+                                 lambda a, b: grid_encode_torch(a, b, spec), x.to(device), p.to(device), g,
+                                 max(spec.scales), table_dtype, out_dtype)
 
 
 def small_spec(D, F, interpolation="Linear", grid_type="Hash", log2=6, levels=2, base=3, scale=2.0,
@@ -143,31 +96,18 @@ def test_interpreter_level_groups_and_fp16_output(monkeypatch):
 
 @needs_interpreter
 def test_interpreter_module_float16_precision_and_prime_hash():
-    """HashGrid(dtype=float16, backend="triton") runs the kernels with fp16 tables and outputs, and the torch
-    backend's emulation agrees; the Prime hash goes to the kernels too (no torch fallback)."""
-    from ngraphics.backends import triton_available
-
-    triton_available.cache_clear()  # TRITON_INTERPRET may have been set after a first (cached) answer
+    """HashGrid(dtype=float16, backend="triton") runs the kernels with fp16 tables and outputs, as the torch
+    backend emulates them; the Prime hash goes to the kernels too (no torch fallback)."""
     config = {"n_levels": 3, "log2_hashmap_size": 7, "base_resolution": 3, "hash": "Prime"}
-    tri = HashGrid(3, config, backend="triton", dtype=torch.float16)
-    ref = HashGrid(3, config, backend="torch", dtype=torch.float16)
-    assert tri._triton_reason is None
-    with torch.no_grad():
-        tri.params.uniform_(-1, 1)
-    ref.load_state_dict(tri.state_dict())
-    x = torch.rand(37, 3)
-    out_tri, out_ref = tri(x), ref(x)
-    assert out_tri.dtype == out_ref.dtype == torch.float16
-    assert _rel(out_tri, out_ref) <= TOL["out16"]
-    dy = torch.randn(out_ref.shape).half()
-    (g_tri,), (g_ref,) = torch.autograd.grad(out_tri, tri.params, dy), torch.autograd.grad(out_ref, ref.params, dy)
-    assert g_tri.dtype == torch.float32 and _rel(g_tri, g_ref) <= TOL["grad"]
+    assert HashGrid(3, config, backend="triton")._triton_reason is None
+    check_module_float16(lambda backend: HashGrid(3, config, backend=backend, dtype=torch.float16), 3)
 
 
 # --------------------------------------------------------------------------------------------------------
 # CUDA
 
-GPU_CASES = [  # (D, F, interpolation, type, log2 table size, levels, table dtype, out dtype); base 16, scale 2
+# (D, F, interpolation, type, log2 table size, levels, table dtype, out dtype); base 16, scale 2
+GPU_CASES = [
     (3, 2, "Linear", "Hash", 19, 16, None, None),
     (3, 2, "Linear", "Hash", 19, 16, torch.float16, torch.float16),
     (2, 1, "Linear", "Hash", 15, 8, torch.float16, None),
@@ -202,7 +142,7 @@ def test_gpu_int64_offsets():
     assert n * out.shape[1] > 2**31
     tail = slice(n - 4099, n)
     ref = grid_encode_torch(x[tail], p.detach().half().float(), spec)
-    assert _rel(out[tail].float(), ref) <= TOL["out16"]
+    assert rel_err(out[tail].float(), ref) <= TOL["out16"]
     xg = x.clone().requires_grad_(True)
     out = kgrid.grid_encode_triton(xg, p.detach(), spec, table_dtype=torch.float16, out_dtype=torch.float16)
     dy = torch.randn(out.shape, device="cuda", dtype=torch.float16)
@@ -210,7 +150,7 @@ def test_gpu_int64_offsets():
     xt = x[tail].clone().requires_grad_(True)
     ref_out = grid_encode_torch(xt, p.detach().half().float(), spec)
     (dx_ref,) = torch.autograd.grad(ref_out, xt, dy[tail].float())
-    assert _rel(dx[tail], dx_ref) <= TOL["grad16"]
+    assert rel_err(dx[tail], dx_ref) <= TOL["grad16"]
 
 
 @pytest.mark.gpu
@@ -226,7 +166,7 @@ def test_gpu_launch_shapes(monkeypatch, group, level_fastest):
 def test_gpu_hashgrid_module_uses_triton():
     enc = HashGrid(3, {"n_levels": 8}, backend="triton").cuda()
     x = torch.rand(4097, 3, device="cuda")
-    assert _rel(enc(x), grid_encode_torch(x, enc.params, enc.spec)) <= TOL["out"]
+    assert rel_err(enc(x), grid_encode_torch(x, enc.params, enc.spec)) <= TOL["out"]
 
 
 @pytest.mark.gpu
@@ -236,4 +176,4 @@ def test_gpu_empty_batch_and_no_grad():
     assert kgrid.grid_encode_triton(torch.empty(0, 3, device="cuda"), p, spec).shape == (0, 8)
     with torch.no_grad():
         x = torch.rand(1000, 3, device="cuda")
-        assert _rel(kgrid.grid_encode_triton(x, p, spec), grid_encode_torch(x, p, spec)) <= TOL["out"]
+        assert rel_err(kgrid.grid_encode_triton(x, p, spec), grid_encode_torch(x, p, spec)) <= TOL["out"]

@@ -12,25 +12,24 @@ so in practice the sets are identical; under the interpreter numpy's exp/log2 ma
 
 - CPU: the checks run in a child process under the Triton interpreter (TRITON_INTERPRET=1 is read when
   `triton.jit` decorates, so a fresh process is the reliable way) on tiny grids (8^3, 40 rays).
-- CUDA (`gpu`): 2^14 rays on 128^3 grids with 1 and 3 cascades, constant and growing steps, jitter, early stop.
+- CUDA (`gpu`): 2^14 rays on 128^3 grids with 1 and 3 cascades, constant and growing steps, jitter, early
+  stop.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from harness import run_in_interpreter
 
 from ngraphics.rendering.compositing import transmittance_packed
 from ngraphics.rendering.marching import RaySamples, march
 from ngraphics.rendering.occupancy import OccupancyGrid
 
-REPO = Path(__file__).resolve().parents[2]
 T_TOL = 1e-5
 
 
@@ -65,7 +64,8 @@ def random_grid(res: int, levels: int, device, gen: torch.Generator, p: float = 
     return grid.to(device)
 
 
-def random_rays(R: int, grid: OccupancyGrid, device, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_rays(R: int, grid: OccupancyGrid, device, gen: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit rays: 3/4 from a sphere around the level-0 box aimed at points inside it (some miss: aimed
     outside), 1/4 starting inside the outer box in random directions."""
     box = grid.aabb.cpu()
@@ -107,7 +107,8 @@ def _match(a: RaySamples, b: RaySamples, span: float) -> torch.Tensor:
     tol = T_TOL * (1 + a.t_starts.double().abs())
     for cand in (pos - 1, pos):
         c = cand.clamp(0, len(b) - 1)
-        same = (b.ray_indices[c] == a.ray_indices) & ((b.t_starts[c].double() - a.t_starts.double()).abs() <= tol)
+        same = b.ray_indices[c] == a.ray_indices
+        same &= (b.t_starts[c].double() - a.t_starts.double()).abs() <= tol
         same &= (b.t_ends[c].double() - a.t_ends.double()).abs() <= tol
         out = torch.where(same & (out < 0), c, out)
     return out
@@ -131,6 +132,7 @@ def _on_knife_edge(s: RaySamples, idx, grid, origins, directions, t_far) -> torc
 def check_march(grid, origins, directions, seed: int, max_mismatch: float, **kw) -> dict:
     """Run both paths (same random draw for jitter) and compare; returns counts for the log."""
     from ngraphics.kernels.marching import march_triton
+
     from ngraphics.rendering.marching import ray_aabb
 
     torch.manual_seed(seed)
@@ -140,11 +142,13 @@ def check_march(grid, origins, directions, seed: int, max_mismatch: float, **kw)
     R = origins.shape[0]
     # packing is consistent: offsets from counts, ray indices sorted and matching the offsets
     assert got.offsets.shape == (R + 1,) and int(got.offsets[0]) == 0 and int(got.offsets[-1]) == len(got)
-    assert torch.equal(got.ray_indices, torch.repeat_interleave(torch.arange(R, device=origins.device), got.counts))
+    rays = torch.arange(R, device=origins.device)
+    assert torch.equal(got.ray_indices, torch.repeat_interleave(rays, got.counts))
     assert (got.t_ends > got.t_starts).all()
     assert len(want) > 0
     span = float(max(want.t_ends.max(), got.t_ends.max() if len(got) else 0)) + 2.0
-    t_far = ray_aabb(origins, directions, grid.outer_aabb.to(origins.device))[1].clamp_max(kw.get("far", 1e10))
+    t_far = ray_aabb(origins, directions, grid.outer_aabb.to(origins.device))[1]
+    t_far = t_far.clamp_max(kw.get("far", 1e10))
     sigma_fn = kw.get("density_fn")
     if sigma_fn is not None:  # the candidates before early stop, with their transmittance and opacity
         torch.manual_seed(seed)
@@ -227,11 +231,7 @@ def interpreted_checks() -> None:
 
 
 def test_march_triton_interpreter_matches_torch():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, "interpreted_checks"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_in_interpreter(__file__)
 
 
 @pytest.mark.gpu

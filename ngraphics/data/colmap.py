@@ -25,16 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ngraphics.data.frames import (
-    ImageJob,
-    check_split,
-    holdout_indices,
-    load_images,
-    make_cameras,
-    subsample,
-    warn_missing,
-)
-from ngraphics.data.images import downscaled_size, image_size, to_tensor
+from ngraphics.data.frames import Views, check_split, holdout_indices, subsample, warn_missing
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError
 
@@ -349,22 +340,18 @@ def load_colmap(
         raise DataError(f"{images_dir}: none of the {len(ordered)} images of {model_dir} exists")
     chosen = subsample([present[i] for i in holdout_indices(len(present), split, holdout)], max_frames, frame_stride)
 
-    Ks, c2ws, jobs, source_sizes, sizes = [], [], [], [], []
+    views = Views(downscale)
     for im in chosen:
         cam, where = model.cameras[im.camera_id], f"image {im.id} of {model_dir}"
         K, dist = camera_to_opencv(cam, f"{model_dir}: ")
-        size = image_size(images_dir / im.name, where)
+        size = views.add(images_dir / im.name, where, K, image_c2w(im), distortion=dist)
         if size != (cam.width, cam.height):
             raise DataError(f"{images_dir / im.name}: image is {size[0]}x{size[1]} but camera {cam.id} is "
                             f"{cam.width}x{cam.height}")
-        out = downscaled_size(*size, downscale)
-        jobs.append(ImageJob(images_dir / im.name, where, out, tuple(K.ravel().tolist()), tuple(dist.tolist())))
-        Ks.append(K), c2ws.append(image_c2w(im)), source_sizes.append(size), sizes.append(out)
-    arrays, _ = load_images(jobs, cache=cache, desc=f"{path.name} {split}")
-    cameras = make_cameras(c2ws, Ks, source_sizes, sizes)
+    cameras, images, _ = views.load(cache, f"{path.name} {split}")
     aabb, near, far = scene_bounds(model.xyz, np.stack([image_c2w(im) for im in present]))
     return SceneData(
-        cameras=cameras, images=[to_tensor(a) for a in arrays], names=[Path(im.name).stem for im in chosen],
+        cameras=cameras, images=images, names=[Path(im.name).stem for im in chosen],
         aabb=torch.tensor(aabb, dtype=torch.float32), near=near, far=far, background=background, contract=contract,
         meta={"format": "colmap", "source": str(model_dir), "split": split, "downscale": downscale,
               "files": [str(images_dir / im.name) for im in chosen],

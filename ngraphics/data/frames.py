@@ -3,6 +3,7 @@
 A loader parses its format into a list of `ImageJob`s (one per frame: file, target size, the lens to undo) and
 camera-to-world matrices; `load_images` decodes, undistorts and area-downscales the images (in threads, with a
 progress bar, through the on-disk cache) and `make_cameras` scales the intrinsics to the images it produced.
+`Views` does both for loaders that read each image's size from its file (COLMAP, NeuS).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,15 @@ import torch
 from ngraphics.cameras import Cameras
 from ngraphics.cameras.distortion import undistort_image
 from ngraphics.data import cache as _cache
-from ngraphics.data.images import read_image, read_mask, resize_area, to_rgb_or_rgba
+from ngraphics.data.images import (
+    downscaled_size,
+    image_size,
+    read_image,
+    read_mask,
+    resize_area,
+    to_rgb_or_rgba,
+    to_tensor,
+)
 from ngraphics.errors import DataError, choice_message
 
 SPLITS = ("train", "val", "test", "all")
@@ -192,6 +201,42 @@ def make_cameras(
         width=torch.tensor([s[0] for s in sizes], dtype=torch.int64),
         height=torch.tensor([s[1] for s in sizes], dtype=torch.int64),
     )
+
+
+@dataclass
+class Views:
+    """The frames a loader picked, collected one by one, then loaded together.
+
+    `add` reads the image's size from its header and queues an `ImageJob` at `downscale`; `load` runs the
+    jobs (`load_images`) and returns the cameras scaled to the loaded images with float32 tensors.
+    """
+
+    downscale: float = 1
+    jobs: list[ImageJob] = field(default_factory=list)
+    c2w: list[np.ndarray] = field(default_factory=list)
+    K: list[np.ndarray] = field(default_factory=list)
+    source_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, path: Path, where: str, K: np.ndarray, c2w: np.ndarray,
+            distortion: np.ndarray | None = None, mask_path: Path | None = None) -> tuple[int, int]:
+        """Queue one frame: K (3, 3) in source pixels, c2w (4, 4) OpenCV axes, the lens to undo (or None).
+        Returns the image's source (width, height)."""
+        size = image_size(path, where)
+        job_K = job_distortion = None  # the lens to undo (a job without one is not undistorted)
+        if distortion is not None:
+            job_K, job_distortion = tuple(K.ravel().tolist()), tuple(distortion.tolist())
+        out = downscaled_size(*size, self.downscale)
+        self.jobs.append(ImageJob(path, where, out, job_K, job_distortion, mask_path))
+        self.K.append(K)
+        self.c2w.append(c2w)
+        self.source_sizes.append(size)
+        return size
+
+    def load(self, cache: bool, desc: str) -> tuple[Cameras, list[torch.Tensor], list[torch.Tensor] | None]:
+        """-> (cameras, images (H, W, 3|4) float32, masks (H, W) float32 in [0, 1] or None)."""
+        arrays, masks = load_images(self.jobs, cache=cache, desc=desc)
+        cameras = make_cameras(self.c2w, self.K, self.source_sizes, [job.size for job in self.jobs])
+        return cameras, [to_tensor(a) for a in arrays], None if masks is None else [to_tensor(m) for m in masks]
 
 
 def read_json(path: str | Path) -> dict:

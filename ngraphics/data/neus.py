@@ -20,15 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from ngraphics.data.frames import (
-    ImageJob,
-    check_split,
-    holdout_indices,
-    load_images,
-    make_cameras,
-    subsample,
-)
-from ngraphics.data.images import IMAGE_SUFFIXES, downscaled_size, image_size, to_tensor
+from ngraphics.data.frames import Views, check_split, holdout_indices, subsample
+from ngraphics.data.images import IMAGE_SUFFIXES
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError
 
@@ -101,26 +94,21 @@ def load_neus(
         raise DataError(f"{npz_path}: not a readable .npz file ({e})") from None
 
     chosen = subsample(holdout_indices(len(files), split, holdout), max_frames, frame_stride)
-    Ks, c2ws, jobs, source_sizes, sizes = [], [], [], [], []
+    views = Views(downscale)
     for i in chosen:
-        where = f"image {i} of {root.name}"
         world = _matrix(cams, f"world_mat_{i}", npz_path)
         scale = _matrix(cams, f"scale_mat_{i}", npz_path, default=np.eye(4))
         K, c2w = decompose_projection((world @ scale)[:3, :4], f"{npz_path} world_mat_{i}")
         K[0, 2] += 0.5  # NeuS pixel centres at integers -> ngraphics' at i + 0.5
         K[1, 2] += 0.5
-        size = image_size(files[i], where)
-        out = downscaled_size(*size, downscale)
-        jobs.append(ImageJob(files[i], where, out, mask_path=None if mask_files is None else mask_files[i]))
-        Ks.append(K), c2ws.append(c2w), source_sizes.append(size), sizes.append(out)
-    arrays, masks = load_images(jobs, cache=cache, desc=f"{root.name} {split}")
-    cameras = make_cameras(c2ws, Ks, source_sizes, sizes)
+        views.add(files[i], f"image {i} of {root.name}", K, c2w,
+                  mask_path=None if mask_files is None else mask_files[i])
+    cameras, images, masks = views.load(cache, f"{root.name} {split}")
     dist = cameras.origins.norm(dim=-1)
     return SceneData(
-        cameras=cameras, images=[to_tensor(a) for a in arrays], names=[files[i].stem for i in chosen],
+        cameras=cameras, images=images, names=[files[i].stem for i in chosen],
         aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), near=max(float(dist.min()) - 1.0, 0.05),
-        far=float(dist.max()) + 1.0, background=background,
-        masks=None if masks is None else [to_tensor(m) for m in masks],
+        far=float(dist.max()) + 1.0, background=background, masks=masks,
         meta={"format": "neus", "source": str(root), "split": split, "downscale": downscale,
               "files": [str(files[i]) for i in chosen]},
     )

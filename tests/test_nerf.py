@@ -15,16 +15,24 @@ from ngraphics.fields.nerf_field import NerfFieldConfig, merged
 from ngraphics.methods.nerf import NeRF, NeRFConfig
 
 # Held-out PSNR that `ngraphics train` (configs/nerf/default.yaml, 600 steps) must reach on the 8 test views.
-# Measured once (2026-11-24, CPU, torch 2.13): the same config with 10x the steps,
-#   ngraphics train --set trainer.steps=6000
-# reached 30.08 dB (30.30 at its best evaluation); 30.08 - 1.5 = 28.58. The 600-step default reached 28.96 dB.
-PSNR_THRESHOLD = 28.58
+# Measured once (2026-11-24, 2-core CPU, torch 2.13, one thread): the same config with 10x the steps,
+#   OMP_NUM_THREADS=1 ngraphics train --set trainer.steps=6000
+# reached 30.06 dB; 30.06 - 1.5 = 28.56. The 600-step default reached 29.69 dB (29.55 with 2 threads) in
+# about 1.5-2.5 minutes depending on machine load.
+PSNR_THRESHOLD = 28.56
 
 
 def test_default_train_reaches_the_measured_psnr_on_cpu(tmp_path, capsys):
-    start = time.perf_counter()
-    assert main(["train", "--runs-dir", str(tmp_path), "--name", "default", "--quiet"]) == 0
-    seconds = time.perf_counter() - start
+    # CI runs `pytest -n 2` on 2 cores: a second intra-op thread per worker would oversubscribe the cores,
+    # which slows torch's CPU kernels several-fold. One thread here; restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        assert main(["train", "--runs-dir", str(tmp_path), "--name", "default", "--quiet"]) == 0
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert f"renders: {tmp_path / 'default' / 'renders'}/" in err
     records = [json.loads(line) for line in (tmp_path / "default" / "metrics.jsonl").read_text().splitlines()]

@@ -13,7 +13,15 @@ import torch
 from conftest import need_data
 
 from ngraphics.errors import DataError
-from ngraphics.io.images import downscale, linear_to_srgb, read_image, srgb_to_linear, write_exr, write_image
+from ngraphics.io.images import (
+    decode_image,
+    downscale,
+    linear_to_srgb,
+    read_image,
+    srgb_to_linear,
+    write_exr,
+    write_image,
+)
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -54,6 +62,18 @@ def test_png_16bit_from_hand_encoder(tmp_path, rng, channels):
     (tmp_path / "b.png").write_bytes(_png_bytes(arr))
     img = read_image(tmp_path / "b.png")
     np.testing.assert_array_equal(img, arr.astype(np.float32) / 65535)
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 1), (np.uint8, 4), (np.uint16, 1), (np.uint16, 3)])
+def test_decode_image_keeps_the_file_precision(tmp_path, rng, dtype, channels):
+    """The one decoder under both readers: the stored code values in the file's dtype, channels R, G, B, A."""
+    arr = rng.integers(0, np.iinfo(dtype).max + 1, (9, 11, channels), dtype=dtype)
+    (tmp_path / "c.png").write_bytes(_png_bytes(arr))
+    img = decode_image(tmp_path / "c.png")
+    assert img.dtype == dtype and img.shape == arr.shape
+    np.testing.assert_array_equal(img, arr)
+    with pytest.raises(DataError, match=r"nope\.png \(frame 3\): image file not found"):
+        decode_image(tmp_path / "nope.png", "frame 3")
 
 
 def test_png_16bit_write_round_trip(tmp_path, rng):

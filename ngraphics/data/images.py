@@ -1,9 +1,9 @@
-"""Reading and resizing images for datasets: one clear `DataError` per bad file, area downscaling.
+"""Images for datasets: sizes from headers, the dataset-side reading rules, area downscaling, tensors.
 
-8-bit files are decoded here (not with `ngraphics.io.images.read_image`, which returns float32) because
-images stay in their file's precision while they are processed (uint8 for 8-bit PNG/JPEG, float32 for 16-bit
-PNG and EXR); `to_tensor` turns them into float32 in [0, 1] at the end. Keeping 8-bit data as uint8 makes the
-on-disk cache small and the cached and freshly decoded results bit-identical.
+Decoding is `ngraphics.io.images.decode_image` (one clear `DataError` per bad file). Images stay in their
+file's precision while they are processed (uint8 for 8-bit PNG/JPEG, float32 for 16-bit PNG and EXR);
+`to_tensor` turns them into float32 in [0, 1] at the end. Keeping 8-bit data as uint8 makes the on-disk cache
+small and the cached and freshly decoded results bit-identical.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ngraphics.errors import DataError
+from ngraphics.io.images import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
 
@@ -44,53 +45,23 @@ def image_size(path: str | Path, where: str | None = None) -> tuple[int, int]:
 
 
 def read_image(path: str | Path, where: str | None = None) -> np.ndarray:
-    """Decode an image file as stored (no EXIF rotation, no colour conversion besides BGR -> RGB).
+    """Decode an image file as stored (`ngraphics.io.images.decode_image`), in the precision datasets keep.
 
     Args:
         path: PNG, JPEG, BMP, TIFF, WebP or OpenEXR file.
         where: context for error messages, e.g. "transforms_train.json frame 3".
-    Returns: (H, W, C) array, C in {1, 3, 4}: uint8 for 8-bit files, float32 in [0, 1] for 16-bit files,
-        float32 (linear, unclamped) for EXR.
+    Returns: (H, W, C) array, C in {1, 3, 4} (grey + alpha becomes RGBA): uint8 for 8-bit files, float32 in
+        [0, 1] for 16-bit files, float32 (linear, unclamped) for EXR.
     Raises: DataError naming the file when it is missing, empty or cannot be decoded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{_where(path, where)}: image file not found")
-    if path.suffix.lower() == ".exr":
-        return _read_exr(path, where)
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise DataError(f"{_where(path, where)}: image file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{_where(path, where)}: cannot decode image (corrupt or unsupported format)")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[2] == 3:
-        image = image[:, :, ::-1]
-    elif image.shape[2] == 4:
-        image = image[:, :, [2, 1, 0, 3]]
-    elif image.shape[2] == 2:  # grey + alpha
+    image = decode_image(path, where)
+    if image.shape[2] == 2:  # grey + alpha
         image = image[:, :, [0, 0, 0, 1]]
     if image.dtype == np.uint16:
         image = image.astype(np.float32) / 65535.0
     elif image.dtype != np.uint8:
         image = image.astype(np.float32)
     return np.ascontiguousarray(image)
-
-
-def _read_exr(path: Path, where: str | None) -> np.ndarray:
-    from ngraphics.io.images import read_exr  # float32 linear (H, W, C), DataError on a bad file
-
-    try:
-        image = read_exr(path)
-    except DataError as e:
-        raise DataError(f"{where}: {e}" if where else str(e)) from None
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[2] == 2:  # grey + alpha
-        image = image[:, :, [0, 0, 0, 1]]
-    return np.ascontiguousarray(image, dtype=np.float32)
 
 
 def to_rgb_or_rgba(image: np.ndarray, path: str | Path) -> np.ndarray:

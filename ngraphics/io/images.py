@@ -2,8 +2,10 @@
 
 LDR files (PNG 8/16 bit, JPG, BMP, TIFF …) come back as their stored values scaled to [0, 1] (sRGB-encoded
 for ordinary photos: no conversion is applied); EXR and HDR files come back as the linear values they hold.
-Greyscale stays one channel, channel order is R, G, B(, A). Writers go through `atomic_path`, so a crash never
-leaves a half-written file. A missing or unreadable file raises `DataError` naming the path.
+Greyscale stays one channel, channel order is R, G, B(, A). `decode_image` is the one decoder underneath: it
+keeps the file's precision (uint8 for 8-bit files), which the dataset loaders (`ngraphics.data.images`) keep
+while they process images. Writers go through `atomic_path`, so a crash never leaves a half-written file. A
+missing or unreadable file raises `DataError` naming the path.
 
     img = read_image("photo.jpg")           # (H, W, 3) float32 in [0, 1]
     write_image("out.png", img)             # 8-bit PNG
@@ -62,47 +64,61 @@ def read_image(path: str | Path) -> np.ndarray:
         DataError naming the path when the file is missing, not an image, or corrupt.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise DataError(f"{path}: not a supported image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    if suffix == ".exr":
-        return read_exr(path)
-    return _read_with_opencv(path)
+    img = decode_image(path)
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    if img.dtype.kind == "f":
+        return np.ascontiguousarray(img, dtype=np.float32)
+    raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8/16-bit integers or float)")
 
 
-def _read_with_opencv(path: Path) -> np.ndarray:
+def decode_image(path: str | Path, where: str | None = None) -> np.ndarray:
+    """Decode an image file as stored: no scaling, no EXIF rotation, no colour conversion but BGR -> RGB.
+
+    Args:
+        path: any file OpenCV decodes (PNG, JPEG, BMP, TIFF, WebP, HDR, …) or OpenEXR.
+        where: context for error messages, e.g. "transforms_train.json frame 3".
+    Returns: (H, W, C), C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA), in the file's precision: uint8 for
+        8-bit files, uint16 for 16-bit ones, float32 for EXR / HDR / float TIFF (linear, unclamped).
+    Raises: DataError naming the file (and `where`) when it is missing, empty or cannot be decoded.
+    """
     import cv2
 
+    path = Path(path)
+    name = f"{path} ({where})" if where else str(path)
+    if not path.is_file():
+        raise DataError(f"{name}: image file not found")
+    if path.suffix.lower() == ".exr":
+        try:
+            return read_exr(path)
+        except DataError as e:
+            raise DataError(f"{where}: {e}" if where else str(e)) from None
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err.strerror or err})") from None
+        raise DataError(f"{name}: cannot read image ({err.strerror or err})") from None
+    if data.size == 0:
+        raise DataError(f"{name}: image file is empty")
     old = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        # ANYDEPTH keeps 16-bit and float data, ANYCOLOR keeps greyscale as one channel; UNCHANGED keeps alpha.
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:  # UNCHANGED keeps 16-bit and float data, greyscale as one channel, and alpha
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     finally:
         cv2.utils.logging.setLogLevel(old)
     if img is None:
-        raise DataError(f"{path}: cannot decode image (corrupt or not a {path.suffix.lower()[1:].upper()} file)")
+        kind = path.suffix.lower()[1:].upper() or "supported image"
+        raise DataError(f"{name}: cannot decode image (corrupt or not a {kind} file)")
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 3:
         img = img[:, :, ::-1]  # BGR -> RGB
     elif img.shape[2] == 4:
         img = img[:, :, [2, 1, 0, 3]]  # BGRA -> RGBA
-    if img.dtype == np.uint8:
-        out = img.astype(np.float32) / 255.0
-    elif img.dtype == np.uint16:
-        out = img.astype(np.float32) / 65535.0
-    elif img.dtype.kind == "f":
-        out = img.astype(np.float32)
-    else:
-        raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8/16-bit integers or float)")
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(img)
 
 
 def read_exr(path: str | Path) -> np.ndarray:
@@ -229,6 +245,7 @@ def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "decode_image",
     "downscale",
     "linear_to_srgb",
     "read_exr",

@@ -24,6 +24,7 @@ d(dx)/d x, d(dx)/d dy) is one more kernel; `_common.py` has the formulas.
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import torch
 import triton
@@ -34,13 +35,8 @@ from ngraphics.kernels._common import (
     _axpy,
     _dot,
     _fold_terms,
-    _level_meta,
     _level_row,
     _load_row,
-    _load_x,
-    _program,
-    _store_row,
-    _store_x,
     _u32_terms,
     _zeros,
     encode,
@@ -143,7 +139,8 @@ def _signed(C: tl.constexpr, K: tl.constexpr, v):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-level bodies (HASHED is constant inside: the kernels branch once per level, uniformly)
+# Per-level bodies, the LEVEL arguments of the shared kernels in _common.py (HASHED is constant inside: the
+# kernels branch once per level, uniformly; INTERP is the kernels' P)
 
 
 @triton.jit
@@ -191,7 +188,13 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
                    BLOCK: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
                    NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr,
                    VEC: tl.constexpr):
-    """One level of the double backward (formulas at `_grid_bwd_bwd_kernel`) -> (gdy: F-tuple, gx: D-tuple)."""
+    """One level of the double backward: cotangents gdx (D-tuple) of dx and gdt (table-shaped, at gdt_ptr)
+    of dtable -> (gdy: F-tuple, gx: D-tuple; gtable via atomics). With a_c = sum_j gdx_j dw_c/dx_j
+    = sum_j sign_j u_j prod_{d != j} w_d  (u_j = gdx_j dw_j):
+      gtable[row_c] += a_c dy                              (from gdx)
+      gdy_l = sum_c a_c table[row_c] + sum_c w_c gdt[row_c]
+      gx_k  = sum_c (d a_c / d x_k) (dy . table[row_c]) + sum_c (d w_c / d x_k) (dy . gdt[row_c])
+    d a_c/dx_k = sign_k [dw_k sum_{j != k} sign_j u_j prod_{d != j,k} w_d + gdx_k ddw_k prod_{d != k} w_d]."""
     NC: tl.constexpr = 1 if INTERP == 0 else 1 << D
     DX_TERMS: tl.constexpr = HAS_GDX and INTERP != 0
     lo, hi, wu, wl, dw, ddw = _level_setup(xs, scale, factors, D, INTERP)
@@ -239,90 +242,6 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels
-
-
-@triton.jit(do_not_specialize=["N"])
-def _grid_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D: tl.constexpr,
-                     F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
-                     LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr):
-    """out[i, l*F + f] = sum_c w_c(x_i) table[row_c(x_i), f]."""
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    for j in range(GROUP):  # a runtime loop (GROUP levels, those < L)
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            if hashed:
-                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, True, D, F, INTERP, BLOCK)
-            else:
-                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, False, D, F, INTERP, BLOCK)
-            _store_row(out_ptr, pts * L + level, acc, F, mask)
-
-
-@triton.jit(do_not_specialize=["N"])
-def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, L: tl.constexpr,
-                     D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
-                     GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
-                     NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
-    """dtable[row_c] += w_c(x_i) dy[i, l] (fp32 atomics);
-    dx_i = sum_l sum_c (dw_c/dx) (dy[i, l] . table[row_c])."""
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    dx = _zeros(D, BLOCK)
-    for j in range(GROUP):
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            dy = _load_row(dy_ptr, pts * L + level, F, mask)
-            if hashed:
-                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, True, D, F,
-                                INTERP, BLOCK, NEED_TABLE, NEED_X, VEC)
-            else:
-                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, False, D,
-                                F, INTERP, BLOCK, NEED_TABLE, NEED_X, VEC)
-    if NEED_X:
-        _store_x(dx_ptr, pts, dx, mask, D, GROUP < L)
-
-
-@triton.jit(do_not_specialize=["N"])
-def _grid_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, gtable_ptr, gdy_ptr, gx_ptr, N,
-                         L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr,
-                         BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr,
-                         VEC: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
-                         NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
-    """Backward of (dtable, dx) = bwd(x, table, dy) given cotangents gdx (N, D) and gdt (table-shaped).
-    With a_c = sum_j gdx_j dw_c/dx_j = sum_j sign_j u_j prod_{d != j} w_d  (u_j = gdx_j dw_j):
-      gtable[row_c] += a_c dy                              (from gdx)
-      gdy_l = sum_c a_c table[row_c] + sum_c w_c gdt[row_c]
-      gx_k  = sum_c (d a_c / d x_k) (dy . table[row_c]) + sum_c (d w_c / d x_k) (dy . gdt[row_c])
-    d a_c/dx_k = sign_k [dw_k sum_{j != k} sign_j u_j prod_{d != j,k} w_d + gdx_k ddw_k prod_{d != k} w_d]."""
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    gdx = ()
-    if HAS_GDX:
-        gdx = _load_x(gdx_ptr, pts, mask, D)
-    gx = _zeros(D, BLOCK)
-    for j in range(GROUP):
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            dy = _load_row(dy_ptr, pts * L + level, F, mask)
-            if hashed:
-                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
-                                         size, factors, True, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
-                                         NEED_TABLE, NEED_DY, NEED_X, VEC)
-            else:
-                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
-                                         size, factors, False, D, F, INTERP, BLOCK, HAS_GDX, HAS_GDT,
-                                         NEED_TABLE, NEED_DY, NEED_X, VEC)
-            if NEED_DY:
-                _store_row(gdy_ptr, pts * L + level, gdy, F, mask)
-    if NEED_X:
-        _store_x(gx_ptr, pts, gx, mask, D, GROUP < L)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Launchers
 
 
@@ -341,9 +260,9 @@ def level_factors(spec: GridSpec) -> tuple[list[bool], list[tuple[int, ...]]]:
 
 
 class GridOps(LevelOps):
-    """Launchers for one GridSpec."""
+    """Launchers for one GridSpec (the kernels in `_common.py` with the grid's level bodies, P = INTERP)."""
 
-    fwd_kernel, bwd_kernel, bwd_bwd_kernel = _grid_fwd_kernel, _grid_bwd_kernel, _grid_bwd_bwd_kernel
+    levels: ClassVar[dict] = {"fwd": _fwd_level, "bwd": _bwd_level, "bwd_bwd": _bwd_bwd_level}
     tuning = TUNING
 
     def _group(self, kind, stream_bytes, table_bytes) -> int:
@@ -360,7 +279,7 @@ class GridOps(LevelOps):
         hashed, factors = level_factors(spec)
         rows = level_rows(spec.offsets, spec.hashmap_sizes, hashed, spec.scales, factors)
         super().__init__(spec.n_dims, spec.n_levels, spec.n_features, spec.n_params, rows,
-                         {"INTERP": INTERP_CODE[spec.interpolation]}, moves=spec.interpolation != "Nearest")
+                         {"P": INTERP_CODE[spec.interpolation]}, moves=spec.interpolation != "Nearest")
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,6 +23,7 @@ int64 level table, D and F compile-time, all tensors (BLOCK,), packed feature lo
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import torch
 import triton
@@ -33,13 +34,8 @@ from ngraphics.kernels._common import (
     _axpy,
     _dot,
     _fold_terms,
-    _level_meta,
     _level_row,
     _load_row,
-    _load_x,
-    _program,
-    _store_row,
-    _store_x,
     _u32_terms,
     _zeros,
     encode,
@@ -140,7 +136,7 @@ def _input_grad(gs, ranks, scale, D: tl.constexpr, SKEW: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-level bodies
+# Per-level bodies, the LEVEL arguments of the shared kernels in _common.py (SKEW is the kernels' P)
 
 
 @triton.jit
@@ -217,88 +213,13 @@ def _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernels (same loop as the grid's: a runtime loop over the program's levels, one uniform branch per level)
-
-
-@triton.jit(do_not_specialize=["N"])
-def _simplex_fwd_kernel(x_ptr, table_ptr, meta_ptr, out_ptr, N, L: tl.constexpr, D: tl.constexpr,
-                        F: tl.constexpr, SKEW: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
-                        LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr):
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    for j in range(GROUP):
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            if hashed:
-                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, True, D, F, SKEW, BLOCK)
-            else:
-                acc = _fwd_level(xs, table_ptr, scale, off, size, factors, False, D, F, SKEW, BLOCK)
-            _store_row(out_ptr, pts * L + level, acc, F, mask)
-
-
-@triton.jit(do_not_specialize=["N"])
-def _simplex_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, L: tl.constexpr,
-                        D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr, BLOCK: tl.constexpr,
-                        GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
-                        NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    dx = _zeros(D, BLOCK)
-    for j in range(GROUP):
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            dy = _load_row(dy_ptr, pts * L + level, F, mask)
-            if hashed:
-                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, True, D, F,
-                                SKEW, BLOCK, NEED_TABLE, NEED_X, VEC)
-            else:
-                dx = _bwd_level(xs, dy, dx, table_ptr, dtable_ptr, mask, scale, off, size, factors, False, D,
-                                F, SKEW, BLOCK, NEED_TABLE, NEED_X, VEC)
-    if NEED_X:
-        _store_x(dx_ptr, pts, dx, mask, D, GROUP < L)
-
-
-@triton.jit(do_not_specialize=["N"])
-def _simplex_bwd_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, gdx_ptr, gdt_ptr, gtable_ptr, gdy_ptr, gx_ptr,
-                            N, L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, SKEW: tl.constexpr,
-                            BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr,
-                            VEC: tl.constexpr, HAS_GDX: tl.constexpr, HAS_GDT: tl.constexpr,
-                            NEED_TABLE: tl.constexpr, NEED_DY: tl.constexpr, NEED_X: tl.constexpr):
-    pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
-    xs = _load_x(x_ptr, pts, mask, D)
-    gdx = ()
-    if HAS_GDX:
-        gdx = _load_x(gdx_ptr, pts, mask, D)
-    gx = _zeros(D, BLOCK)
-    for j in range(GROUP):
-        level = l0 + j
-        if (L % GROUP == 0) or (level < L):
-            scale, off, size, hashed, factors = _level_meta(meta_ptr, level, D)
-            dy = _load_row(dy_ptr, pts * L + level, F, mask)
-            if hashed:
-                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
-                                         size, factors, True, D, F, SKEW, BLOCK, HAS_GDX, HAS_GDT, NEED_TABLE,
-                                         NEED_DY, NEED_X, VEC)
-            else:
-                gdy, gx = _bwd_bwd_level(xs, dy, gdx, gx, table_ptr, gdt_ptr, gtable_ptr, mask, scale, off,
-                                         size, factors, False, D, F, SKEW, BLOCK, HAS_GDX, HAS_GDT, NEED_TABLE,
-                                         NEED_DY, NEED_X, VEC)
-            if NEED_DY:
-                _store_row(gdy_ptr, pts * L + level, gdy, F, mask)
-    if NEED_X:
-        _store_x(gx_ptr, pts, gx, mask, D, GROUP < L)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Launchers
 
 
 class SimplexOps(LevelOps):
-    """Launchers for one SimplexSpec."""
+    """Launchers for one SimplexSpec (the kernels in `_common.py` with the simplex level bodies, P = SKEW)."""
 
-    fwd_kernel, bwd_kernel, bwd_bwd_kernel = _simplex_fwd_kernel, _simplex_bwd_kernel, _simplex_bwd_bwd_kernel
+    levels: ClassVar[dict] = {"fwd": _fwd_level, "bwd": _bwd_level, "bwd_bwd": _bwd_bwd_level}
     tuning = TUNING
     # x * s + 0.5 and p + F_D * sum(p) round like the reference (no fma): at fine levels (s ~ 5e5) float32
     # keeps ~4 fraction bits, so one rounding more or less moves points to another simplex.
@@ -315,7 +236,7 @@ class SimplexOps(LevelOps):
             else:  # dense: stride R^d, exact (R^D <= table size < 2^31)
                 factors.append(tuple(spec.resolutions[level] ** d for d in range(D)))
         rows = level_rows(spec.offsets[:-1], spec.table_sizes, spec.hashed, spec.scales, factors)
-        super().__init__(D, spec.n_levels, spec.n_features, spec.n_params, rows, {"SKEW": skew_factor(D)})
+        super().__init__(D, spec.n_levels, spec.n_features, spec.n_params, rows, {"P": skew_factor(D)})
 
 
 @functools.lru_cache(maxsize=64)

@@ -4,11 +4,11 @@ Sections (each a flag; no flag = all but --sweep):
   --ceilings   device-to-device copy bandwidth (bytes read + written) and the rate of random 4- and 8-byte
                gathers from L2-resident tables of 2^19..2^22 entries (and 2^24, past L2).
   --sweep      levels per program (1, 2, 4, 8, 16 and the "auto" rule) per kernel on config A, 2^22 points.
-  --main       config A (3D, 16 levels x 2 features, 2^19 table, base 16, scale 2), N = 2^20 and 2^22: forward,
-               forward + backward (tables), forward + backward (tables + inputs), fp32 and fp16 tables; the
-               same in 4D; a 2^22 table with 4 features in 3D; Simplex vs HashGrid at equal levels/features/
-               table in 3D and 4D. CUDA events around each call, calls queued back to back, median of 30
-               after 5 warm-ups; achieved bytes/s and corner reads/s against the ceilings.
+  --main       config A (3D, 16 levels x 2 features, 2^19 table, base 16, scale 2), N = 2^20 and 2^22:
+               forward, forward + backward (tables), forward + backward (tables + inputs), fp32 and fp16
+               tables; the same in 4D; a 2^22 table with 4 features in 3D; Simplex vs HashGrid at equal
+               levels/features/table in 3D and 4D. CUDA events around each call, calls queued back to back,
+               median of 30 after 5 warm-ups; achieved bytes/s and corner reads/s against the ceilings.
   --compile    first-call compile time of each kernel, in a child process with a fresh TRITON_CACHE_DIR (cold)
                and in a second child process with the same cache (cached).
   --tune K=V   launch-shape overrides for --main, e.g. `--tune grid.fwd.block=256`.
@@ -153,8 +153,8 @@ def sweep(D=3, n=2**22) -> list[dict]:
                 row = {"enc": kind, "dtype": str(dtype).replace("torch.", ""), "group": group,
                        **_time_ops(ops, x, table, dy, dtype)}
                 rows.append(row)
-                print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                      flush=True)
+                fields = (f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                print(" ".join(fields), flush=True)
         for k, v in saved.items():
             mod.TUNING[k] = v
     return rows
@@ -198,7 +198,8 @@ for kind in ("grid", "simplex"):
     xg = x.clone().requires_grad_(True)
     res[kind + "_fwd_s"] = wall_time(lambda: encode(x, params, spec), "cuda")
     out = encode(xg, params, spec)
-    res[kind + "_bwd_s"] = wall_time(lambda: torch.autograd.grad(out, (xg, params), dy, create_graph=True), "cuda")
+    res[kind + "_bwd_s"] = wall_time(lambda: torch.autograd.grad(out, (xg, params), dy, create_graph=True),
+                                     "cuda")
     dx, dp = torch.autograd.grad(encode(xg, params, spec), (xg, params), dy, create_graph=True)
     res[kind + "_bwd_bwd_s"] = wall_time(lambda: torch.autograd.grad(dx.square().sum(), (xg, params)), "cuda")
 print("JSON" + json.dumps(res))
@@ -211,8 +212,8 @@ def compile_times() -> dict:
         env = dict(os.environ, TRITON_CACHE_DIR=cache)
         for label in ("cold", "cached"):
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], env=env, capture_output=True, text=True,
-                                 check=False)
+            out = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], env=env, capture_output=True,
+                                 text=True, check=False)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("JSON")]
             if not line:
                 raise RuntimeError(out.stderr[-2000:])

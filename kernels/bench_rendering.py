@@ -2,8 +2,8 @@
 `python -m ngraphics.kernels.bench_rendering [--rays 2^18] [--sweep] [--json PATH]`.
 
 Scene: a lego-like occupancy grid (128^3 cells over [-1.5, 1.5]^3, one cascade; a dozen random solid boxes
-and balls in the central [-1, 1]^3 plus a sprinkle of isolated cells, about 1% of cells occupied), rays from
-a sphere of radius 4 aimed at random points of [-1, 1]^3, near 2, far 6, instant-ngp's step sqrt(3) * 3 / 1024,
+and balls in the central [-1, 1]^3 plus a sprinkle of isolated cells, about 1% of cells occupied), rays from a
+sphere of radius 4 aimed at random points of [-1, 1]^3, near 2, far 6, instant-ngp's step sqrt(3) * 3 / 1024,
 the NeRF method's settings. The density callback is the same cheap function for both paths: 50 inside
 occupied cells (a grid lookup), so rays go opaque and early stop bites as with a trained model.
 
@@ -23,9 +23,9 @@ import json
 import math
 
 import torch
-
 from ngraphics.kernels import compositing as kc
 from ngraphics.kernels import marching as km
+
 from ngraphics.profiling.timing import time_fn
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import march
@@ -33,7 +33,8 @@ from ngraphics.rendering.occupancy import OccupancyGrid
 
 
 def cuda_time(fn, warmup: int = 3, reps: int = 20) -> float:
-    """Median milliseconds of `fn()` between CUDA events, synchronised after each call, after `warmup` calls."""
+    """Median milliseconds of `fn()` between CUDA events, synchronised after each call, after `warmup`
+    calls."""
     return time_fn(fn, "cuda", warmup=warmup, min_repeats=reps, max_repeats=reps).median_ms
 
 
@@ -100,7 +101,8 @@ def run(n_rays: int, reps: int, sweep: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
         t = {}
         t["march"] = cuda_time(lambda: march(o, d, grid, **kw, backend=backend), reps=reps)
-        t["march+stop"] = cuda_time(lambda: march(o, d, grid, **kw, density_fn=sigma_fn, backend=backend), reps=reps)
+        t["march+stop"] = cuda_time(lambda: march(o, d, grid, **kw, density_fn=sigma_fn, backend=backend),
+                                    reps=reps)
         s = march(o, d, grid, **kw, density_fn=sigma_fn, backend=backend)
         samples[backend] = (len(march(o, d, grid, **kw, backend=backend)), len(s))
         gen = torch.Generator(device="cuda").manual_seed(1)
@@ -143,7 +145,8 @@ def main(argv=None) -> int:
     torch_t, triton_t = res["times_ms"]["torch"], res["times_ms"]["triton"]
     print(f"{'op':<12} {'torch ms':>10} {'triton ms':>10} {'torch/triton':>13}")
     for key in ("march", "march+stop", "composite", "comp f+b", "total"):
-        print(f"{key:<12} {torch_t[key]:>10.3f} {triton_t[key]:>10.3f} {torch_t[key] / triton_t[key]:>12.1f}x")
+        ratio = torch_t[key] / triton_t[key]
+        print(f"{key:<12} {torch_t[key]:>10.3f} {triton_t[key]:>10.3f} {ratio:>12.1f}x")
     print(f"{'peak GB':<12} {torch_t['peak GB']:>10.2f} {triton_t['peak GB']:>10.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -43,8 +43,8 @@ TUNING = {"block": 32, "warps": 1}
 
 
 @triton.jit
-def _composite_fwd_kernel(sig_ptr, rgb_ptr, ts_ptr, te_ptr, offsets_ptr, out_rgb_ptr, out_acc_ptr, out_dep_ptr,
-                          w_ptr, T_ptr, R, BLOCK: tl.constexpr):
+def _composite_fwd_kernel(sig_ptr, rgb_ptr, ts_ptr, te_ptr, offsets_ptr, out_rgb_ptr, out_acc_ptr,
+                          out_dep_ptr, w_ptr, T_ptr, R, BLOCK: tl.constexpr):
     """Forward walk: writes C (R, 3), A (R,), Dsum (R,), w (N,) and T (N,)."""
     rays = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = rays < R
@@ -83,8 +83,9 @@ def _composite_fwd_kernel(sig_ptr, rgb_ptr, ts_ptr, te_ptr, offsets_ptr, out_rgb
 
 
 @triton.jit
-def _composite_bwd_kernel(sig_ptr, rgb_ptr, ts_ptr, te_ptr, offsets_ptr, T_ptr, g_rgb_ptr, g_acc_ptr, g_dep_ptr,
-                          g_w_ptr, d_sig_ptr, d_rgb_ptr, R, HAS_GW: tl.constexpr, BLOCK: tl.constexpr):
+def _composite_bwd_kernel(sig_ptr, rgb_ptr, ts_ptr, te_ptr, offsets_ptr, T_ptr, g_rgb_ptr, g_acc_ptr,
+                          g_dep_ptr, g_w_ptr, d_sig_ptr, d_rgb_ptr, R, HAS_GW: tl.constexpr,
+                          BLOCK: tl.constexpr):
     """Backward walk, back to front (formulas in the module docstring): writes d sigma (N,), d rgb (N, 3)."""
     rays = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = rays < R
@@ -151,7 +152,9 @@ class CompositeFn(torch.autograd.Function):
         R, N, dev = offsets.shape[0] - 1, sigmas.shape[0], sigmas.device
 
         def dense(g, shape):
-            return torch.zeros(shape, dtype=torch.float32, device=dev) if g is None else g.float().contiguous()
+            if g is None:
+                return torch.zeros(shape, dtype=torch.float32, device=dev)
+            return g.float().contiguous()
 
         g_rgb, g_acc, g_dep = dense(g_rgb, (R, 3)), dense(g_acc, (R,)), dense(g_dep, (R,))
         has_gw = g_w is not None
@@ -174,7 +177,8 @@ def composite_triton(
     offsets: torch.Tensor,
     background: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Alpha-composite packed samples along their rays: `ngraphics.rendering.compositing.composite` on the GPU.
+    """Alpha-composite packed samples along their rays: `ngraphics.rendering.compositing.composite` on the
+    GPU.
 
     Args:
         sigmas: densities. (N,) float, >= 0, per world unit.
@@ -188,11 +192,12 @@ def composite_triton(
     """
     N = sigmas.shape[0]
     if rgbs.shape != (N, 3) or t_starts.shape != (N,) or t_ends.shape != (N,) or offsets.dim() != 1:
-        raise ValueError(f"composite_triton: expected sigmas (N,), rgbs (N, 3), t_starts/t_ends (N,), offsets "
-                         f"(R + 1,), got {tuple(sigmas.shape)}, {tuple(rgbs.shape)}, {tuple(t_starts.shape)}, "
-                         f"{tuple(t_ends.shape)}, {tuple(offsets.shape)}")
+        raise ValueError(f"composite_triton: expected sigmas (N,), rgbs (N, 3), t_starts/t_ends (N,), "
+                         f"offsets (R + 1,), got {tuple(sigmas.shape)}, {tuple(rgbs.shape)}, "
+                         f"{tuple(t_starts.shape)}, {tuple(t_ends.shape)}, {tuple(offsets.shape)}")
     rgb, acc, dep, w = CompositeFn.apply(
-        sigmas.reshape(-1).float().contiguous(), rgbs.float().contiguous(), t_starts.detach().float().contiguous(),
+        sigmas.reshape(-1).float().contiguous(), rgbs.float().contiguous(),
+        t_starts.detach().float().contiguous(),
         t_ends.detach().float().contiguous(), offsets.to(torch.int64).contiguous())
     depth = dep / acc.clamp_min(1e-10)
     if background is not None:

@@ -164,14 +164,15 @@ def _march_kernel(o_ptr, d_ptr, t0_ptr, tfar_ptr, rule_ptr, geom_ptr, binary_ptr
             uz = (z - tl.load(geom_ptr + 8)) * tl.load(geom_ptr + 11)
             inside = (tl.minimum(tl.minimum(ux, uy), uz) >= 0) & (tl.maximum(tl.maximum(ux, uy), uz) <= RES)
         else:
-            # OccupancyGrid.level_of: level = clamp(ceil(log2(max(r, 1))), 0, L - 1), r = max_a |x_a - c_a| / h_a
+            # OccupancyGrid.level_of: level = clamp(ceil(log2(max(r, 1))), 0, L - 1),
+            # r = max_a |x_a - c_a| / h_a
             r = tl.maximum(tl.maximum(tl.math.div_rn(tl.abs(x - cx), hx), tl.math.div_rn(tl.abs(y - cy), hy)),
                            tl.math.div_rn(tl.abs(z - cz), hz))
             lvl = tl.ceil(_log2(tl.maximum(r, 1.0), ACCURATE))
             lvl = tl.minimum(tl.maximum(lvl, 0.0), L - 1.0)
             scale = tl.full([BLOCK], 1.0, tl.float32)  # 2^level, exact
-            for l in tl.static_range(1, L):
-                scale = tl.where(lvl >= l, scale * 2.0, scale)
+            for lev in tl.static_range(1, L):
+                scale = tl.where(lvl >= lev, scale * 2.0, scale)
             # OccupancyGrid.cell_index: u = (x - (c - h_l)) / (2 h_l) in [0, 1], cell = int(u * RES)
             lx = cx - hx * scale
             ly = cy - hy * scale
@@ -316,7 +317,8 @@ def march_triton(
                   BLOCK=TUNING["block"], **_launch_options())
     if R:
         _march_kernel[launch](origins, directions, t0, t_far, rule, geom, binary, empty_i, counts,
-                              empty_f, empty_f, empty_i, R, S, step_size, growth, max_step, FILL=False, **consts)
+                              empty_f, empty_f, empty_i, R, S, step_size, growth, max_step, FILL=False,
+                              **consts)
     else:
         counts.zero_()
     offsets = offsets_from_counts(counts.to(torch.int64))
@@ -326,7 +328,8 @@ def march_triton(
     ray_indices = torch.empty(N, dtype=torch.int64, device=device)
     if N:
         _march_kernel[launch](origins, directions, t0, t_far, rule, geom, binary, offsets, counts,
-                              t_starts, t_ends, ray_indices, R, S, step_size, growth, max_step, FILL=True, **consts)
+                              t_starts, t_ends, ray_indices, R, S, step_size, growth, max_step, FILL=True,
+                              **consts)
     samples = RaySamples(ray_indices, t_starts, t_ends, offsets)
     if density_fn is None or N == 0 or (early_stop_eps <= 0.0 and alpha_thre <= 0.0):
         return samples
@@ -335,6 +338,8 @@ def march_triton(
     keep = torch.zeros(N, dtype=torch.int8, device=device)
     _early_stop_kernel[launch](sigmas, t_starts, t_ends, offsets, keep, counts, R, early_stop_eps, alpha_thre,
                                USE_EPS=early_stop_eps > 0.0, USE_THRE=alpha_thre > 0.0,
-                               ACCURATE=not triton_interpreter(), BLOCK=TUNING["block"], num_warps=TUNING["warps"])
+                               ACCURATE=not triton_interpreter(), BLOCK=TUNING["block"],
+                               num_warps=TUNING["warps"])
     idx = torch.nonzero(keep)[:, 0]  # host sync
-    return RaySamples(ray_indices[idx], t_starts[idx], t_ends[idx], offsets_from_counts(counts.to(torch.int64)))
+    return RaySamples(ray_indices[idx], t_starts[idx], t_ends[idx],
+                      offsets_from_counts(counts.to(torch.int64)))

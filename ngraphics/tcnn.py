@@ -1,5 +1,5 @@
-"""Drop-in for the `tinycudann` Python package: `import ngraphics.tcnn as tcnn` runs tinycudann code unchanged,
-on CPU (float32) and on CUDA (float16 outputs, like tinycudann), with no CUDA build.
+"""Drop-in for the `tinycudann` Python package: `import ngraphics.tcnn as tcnn` runs tinycudann code
+unchanged, on CPU (float32) and on CUDA (float16 outputs, like tinycudann), with no CUDA build.
 
     model = tcnn.NetworkWithInputEncoding(n_input_dims=2, n_output_dims=3,
                                           encoding_config={"otype": "HashGrid", "n_levels": 8},
@@ -99,7 +99,8 @@ def load_config(config: Any, part: str) -> dict:
         try:
             config = json.loads(strip_json_comments(config))
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+            raise ConfigError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column "
+                              f"{err.colno})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: expected a mapping with an otype key, got {type(config).__name__}")
     if "otype" not in config and isinstance(config.get(part), dict):
@@ -117,7 +118,8 @@ def _encoding_unknown_keys(encoding: nn.Module, prefix: str) -> list[str]:
 def _warn_unknown(module: str, keys: list[str]) -> None:
     if keys:
         warnings.warn(
-            f"ngraphics.tcnn.{module}: ignoring config keys that tiny-cuda-nn does not read: {', '.join(keys)}",
+            f"ngraphics.tcnn.{module}: ignoring config keys that tiny-cuda-nn does not read: "
+            f"{', '.join(keys)}",
             TcnnCompatWarning,
             stacklevel=3,
         )
@@ -154,13 +156,16 @@ class Network(MLP):
 
 
 class NetworkWithInputEncoding(_NetworkWithInputEncoding):
-    """tinycudann `NetworkWithInputEncoding`: encoding then MLP; `params` = [network weights, encoding params].
+    """tinycudann `NetworkWithInputEncoding`: encoding then MLP; `params` = [network weights, encoding
+    params].
 
-    x: (N, n_input_dims) float (e.g. in [0, 1] for grids) -> (N, n_output_dims), float16 on CUDA, float32 on CPU.
+    x: (N, n_input_dims) float (e.g. in [0, 1] for grids) -> (N, n_output_dims), float16 on CUDA, float32 on
+    CPU.
     """
 
     def __init__(
-        self, n_input_dims: int, n_output_dims: int, encoding_config: Any, network_config: Any, seed: int = 1337
+        self, n_input_dims: int, n_output_dims: int, encoding_config: Any, network_config: Any,
+        seed: int = 1337
     ):
         encoding_config = load_config(encoding_config, "encoding")
         network_config = load_config(network_config, "network")
@@ -186,7 +191,8 @@ class NetworkWithInputEncoding(_NetworkWithInputEncoding):
 
 
 class Encoding(ParamLender):
-    """tinycudann `Encoding`: x (N, n_input_dims) float -> (N, n_output_dims) in `dtype` on CUDA, float32 on CPU.
+    """tinycudann `Encoding`: x (N, n_input_dims) float -> (N, n_output_dims) in `dtype` on CUDA, float32 on
+    CPU.
 
     dtype: None (float16 where CUDA is present, like tinycudann's preferred precision), torch.float32 or
     torch.float16; handed to the encoding (`create_encoding(..., dtype=)`), so grids and Simplex read fp16
@@ -195,7 +201,8 @@ class Encoding(ParamLender):
     for parameter-free ones).
     """
 
-    def __init__(self, n_input_dims: int, encoding_config: Any, seed: int = 1337, dtype: torch.dtype | None = None):
+    def __init__(self, n_input_dims: int, encoding_config: Any, seed: int = 1337,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         if dtype not in (None, torch.float32, torch.float16):
             raise ValueError(f"Encoding only supports fp32 or fp16 precision, but got {dtype}")

@@ -1,7 +1,8 @@
-"""Multi-view datasets: loaders for Blender, instant-ngp, COLMAP and NeuS/DTU, and the procedural default scene.
+"""Multi-view datasets: loaders for Blender, instant-ngp, COLMAP and NeuS/DTU, and the procedural default
+scene.
 
     from ngraphics.data import load_dataset
-    scene = load_dataset("path/to/lego", "train", downscale=2)   # or load_dataset(None) for the built-in scene
+    scene = load_dataset("path/to/lego", "train", downscale=2)  # or load_dataset(None): the built-in scene
 
 Every loader returns `SceneData` (ngraphics/data/scene.py): undistorted images on the CPU and `Cameras` in the
 OpenCV convention. Format cards live in datasets/ at the repository root.
@@ -12,4 +13,5 @@ from ngraphics.data.load import detect_format, load_dataset
 from ngraphics.data.procedural import ProceduralScene, load_procedural, render_views
 from ngraphics.data.scene import SceneData
 
-__all__ = ["DataWarning", "ProceduralScene", "SceneData", "detect_format", "load_dataset", "load_procedural", "render_views"]
+__all__ = ["DataWarning", "ProceduralScene", "SceneData", "detect_format", "load_dataset", "load_procedural",
+           "render_views"]

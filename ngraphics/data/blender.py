@@ -1,10 +1,10 @@
 """Blender / NeRF-synthetic scenes: `transforms_{train,val,test}.json` + RGBA PNGs (Mildenhall et al. 2020).
 
-Each JSON holds `camera_angle_x` (horizontal field of view, radians; f = 0.5 W / tan(angle / 2), square pixels,
-principal point at the image centre) and `frames: [{file_path: "./train/r_0", transform_matrix}]`, with
-camera-to-world matrices in OpenGL camera axes; the loader converts them once to OpenCV axes
-(c2w @ OPENGL_TO_OPENCV). World units are Blender's: the objects sit inside [-1.5, 1.5]^3 and the cameras on
-a sphere of radius ~4, so aabb = [-1.5, 1.5]^3, near = 2, far = 6 (NeRF's values).
+Each JSON holds `camera_angle_x` (horizontal field of view, radians; f = 0.5 W / tan(angle / 2), square
+pixels, principal point at the image centre) and `frames: [{file_path: "./train/r_0", transform_matrix}]`,
+with camera-to-world matrices in OpenGL camera axes; the loader converts them once to OpenCV axes (c2w @
+OPENGL_TO_OPENCV). World units are Blender's: the objects sit inside [-1.5, 1.5]^3 and the cameras on a sphere
+of radius ~4, so aabb = [-1.5, 1.5]^3, near = 2, far = 6 (NeRF's values).
 
 Images keep their alpha channel (straight alpha); `background` tells the trainer what to composite them on.
 """
@@ -29,8 +29,8 @@ def is_blender(path: Path) -> bool:
 
 
 def load_blender(
-    root: str | Path, split: str = "train", downscale: float = 1, background: str = "white", cache: bool = True,
-    max_frames: int | None = None, frame_stride: int = 1,
+    root: str | Path, split: str = "train", downscale: float = 1, background: str = "white",
+    cache: bool = True, max_frames: int | None = None, frame_stride: int = 1,
 ) -> SceneData:
     """Load one split of a NeRF-synthetic scene.
 
@@ -64,7 +64,8 @@ def load_blender(
 
     images, sizes = load_frames_images(frames, downscale, cache, f"{root.name} {split}")
     gl_to_cv = OPENGL_TO_OPENCV.numpy().astype("float64")
-    cameras = make_cameras([f.c2w_gl @ gl_to_cv for f in frames], [f.K for f in frames], [f.size for f in frames], sizes)
+    cameras = make_cameras([f.c2w_gl @ gl_to_cv for f in frames], [f.K for f in frames],
+                           [f.size for f in frames], sizes)
     return SceneData(
         cameras=cameras, images=images, names=[f.name for f in frames],
         aabb=torch.tensor(BLENDER_AABB, dtype=torch.float32), near=2.0, far=6.0, background=background,

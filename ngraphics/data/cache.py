@@ -44,7 +44,8 @@ def file_signature(path: str | Path) -> list:
 
 def cache_key(kind: str, files: list[str | Path], options: object) -> str:
     """Hex digest naming a cache entry for `kind` built from `files` with JSON-serialisable `options`."""
-    record = {"v": CACHE_VERSION, "kind": kind, "files": [file_signature(f) for f in files], "options": options}
+    record = {"v": CACHE_VERSION, "kind": kind, "files": [file_signature(f) for f in files],
+              "options": options}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -5,7 +5,8 @@ Formats (colmap.github.io/format.html, COLMAP `src/colmap/scene/reconstruction_i
     cameras.bin   u64 n; n x [i32 camera_id, i32 model_id, u64 width, u64 height, f64 params[k(model)]]
     images.bin    u64 n; n x [i32 image_id, f64 qw qx qy qz, f64 tx ty tz, i32 camera_id, name\\0,
                               u64 m, m x [f64 x, f64 y, i64 point3D_id]]
-    points3D.bin  u64 n; n x [u64 point3D_id, f64 x y z, u8 r g b, f64 error, u64 t, t x [i32 image_id, i32 idx]]
+    points3D.bin  u64 n; n x [u64 point3D_id, f64 x y z, u8 r g b, f64 error, u64 t,
+                              t x [i32 image_id, i32 idx]]
 
 The text files hold the same fields, one camera or point per line, two lines per image (the second, the 2D
 points, may be empty). (q, t) map world to camera: x_cam = R(q) x_world + t, OpenCV camera axes, pixel centres
@@ -61,7 +62,8 @@ class ColmapImage:
 
 @dataclass
 class ColmapModel:
-    """A parsed sparse model. points: xyz (N, 3) float64, rgb (N, 3) uint8, error (N,) float64, ids (N,) int64."""
+    """A parsed sparse model. points: xyz (N, 3) float64, rgb (N, 3) uint8, error (N,) float64, ids (N,)
+    int64."""
 
     cameras: dict[int, ColmapCamera]
     images: dict[int, ColmapImage]
@@ -95,8 +97,8 @@ def camera_to_opencv(camera: ColmapCamera, where: str = "") -> tuple[np.ndarray,
     p, m = camera.params, camera.model
     if m not in SUPPORTED_MODELS:
         raise DataError(
-            f"{where}camera {camera.id}: model {m} is not supported (supported: {', '.join(SUPPORTED_MODELS)}); "
-            "run colmap image_undistorter to get PINHOLE cameras"
+            f"{where}camera {camera.id}: model {m} is not supported (supported: "
+            f"{', '.join(SUPPORTED_MODELS)}); run colmap image_undistorter to get PINHOLE cameras"
         )
     dist = np.zeros(5)
     if m in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
@@ -202,7 +204,8 @@ def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
             continue
         parts = line.split()
         if len(parts) < 4 or parts[1] not in MODEL_PARAMS:
-            raise DataError(f"{path} line {no}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', got {line!r}")
+            raise DataError(f"{path} line {no}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', "
+                            f"got {line!r}")
         n = MODEL_PARAMS[parts[1]]
         cam_id, width, height = _parse([parts[0], parts[2], parts[3]], (int, int, int), path, no)
         params = _parse(parts[4:], (float,) * len(parts[4:]), path, no)
@@ -229,7 +232,8 @@ def read_images_text(path: Path) -> dict[int, ColmapImage]:
             raise DataError(f"{path} line {no + 1}: POINTS2D must be triples (X Y POINT3D_ID)")
         pts = np.array(_parse(points, (float,) * len(points), path, no + 1)).reshape(-1, 3)
         images[vals[0]] = ColmapImage(
-            vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], parts[9], pts[:, :2], pts[:, 2].astype(np.int64)
+            vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], parts[9], pts[:, :2],
+            pts[:, 2].astype(np.int64)
         )
     return images
 
@@ -267,7 +271,8 @@ def read_model(folder: str | Path) -> ColmapModel:
     ext = ".bin" if (folder / "cameras.bin").is_file() else ".txt"
     for name in ("cameras", "images", "points3D"):
         if not (folder / f"{name}{ext}").is_file():
-            raise DataError(f"{folder / (name + ext)}: file not found (a COLMAP model needs cameras, images, points3D)")
+            raise DataError(f"{folder / (name + ext)}: file not found (a COLMAP model needs cameras, images, "
+                            "points3D)")
     if ext == ".bin":
         cameras = read_cameras_binary(folder / "cameras.bin")
         images = read_images_binary(folder / "images.bin")
@@ -278,8 +283,10 @@ def read_model(folder: str | Path) -> ColmapModel:
         xyz, rgb, err, ids = read_points3D_text(folder / "points3D.txt")
     for im in images.values():
         if im.camera_id not in cameras:
-            raise DataError(f"{folder / ('images' + ext)}: image {im.name} uses camera {im.camera_id}, not in cameras{ext}")
-        if not (np.all(np.isfinite(im.qvec)) and np.all(np.isfinite(im.tvec))) or np.linalg.norm(im.qvec) < 1e-8:
+            raise DataError(f"{folder / ('images' + ext)}: image {im.name} uses camera {im.camera_id}, "
+                            f"not in cameras{ext}")
+        finite = np.all(np.isfinite(im.qvec)) and np.all(np.isfinite(im.tvec))
+        if not finite or np.linalg.norm(im.qvec) < 1e-8:
             raise DataError(f"{folder / ('images' + ext)}: image {im.name} has a NaN/inf or zero pose")
     return ColmapModel(cameras, images, xyz, rgb, err, ids)
 
@@ -306,9 +313,9 @@ def scene_bounds(xyz: np.ndarray, c2w: np.ndarray, percentile: float = 2.0, marg
 
 
 def load_colmap(
-    path: str | Path, split: str = "train", downscale: float = 1, background: str = "white", cache: bool = True,
-    max_frames: int | None = None, frame_stride: int = 1, holdout: int = 8, images_dir: str | Path | None = None,
-    contract: bool = False,
+    path: str | Path, split: str = "train", downscale: float = 1, background: str = "white",
+    cache: bool = True, max_frames: int | None = None, frame_stride: int = 1, holdout: int = 8,
+    images_dir: str | Path | None = None, contract: bool = False,
 ) -> SceneData:
     """Load a COLMAP scene: images sorted by name, undistorted, split by holdout, bounds from the points.
 
@@ -318,7 +325,8 @@ def load_colmap(
         downscale, background, cache, max_frames, frame_stride: as for `load_dataset`.
         images_dir: image folder (default: <scene>/images, searched up to two levels above the model).
         contract: recorded in SceneData.contract (for unbounded captures).
-    Returns: SceneData; meta["points"] (N, 3) float32 and meta["points_rgb"] (N, 3) uint8 hold the sparse points.
+    Returns: SceneData; meta["points"] (N, 3) float32 and meta["points_rgb"] (N, 3) uint8 hold the sparse
+    points.
     """
     path = Path(path)
     check_split(split, str(path))
@@ -338,7 +346,8 @@ def load_colmap(
     warn_missing([im.name for im in ordered if im not in present], len(ordered), str(model_dir))
     if not present:
         raise DataError(f"{images_dir}: none of the {len(ordered)} images of {model_dir} exists")
-    chosen = subsample([present[i] for i in holdout_indices(len(present), split, holdout)], max_frames, frame_stride)
+    chosen = subsample([present[i] for i in holdout_indices(len(present), split, holdout)], max_frames,
+                       frame_stride)
 
     views = Views(downscale)
     for im in chosen:
@@ -352,8 +361,10 @@ def load_colmap(
     aabb, near, far = scene_bounds(model.xyz, np.stack([image_c2w(im) for im in present]))
     return SceneData(
         cameras=cameras, images=images, names=[Path(im.name).stem for im in chosen],
-        aabb=torch.tensor(aabb, dtype=torch.float32), near=near, far=far, background=background, contract=contract,
+        aabb=torch.tensor(aabb, dtype=torch.float32), near=near, far=far, background=background,
+        contract=contract,
         meta={"format": "colmap", "source": str(model_dir), "split": split, "downscale": downscale,
               "files": [str(images_dir / im.name) for im in chosen],
-              "points": torch.tensor(model.xyz, dtype=torch.float32), "points_rgb": torch.from_numpy(model.rgb)},
+              "points": torch.tensor(model.xyz, dtype=torch.float32),
+              "points_rgb": torch.from_numpy(model.rgb)},
     )

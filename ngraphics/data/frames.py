@@ -236,7 +236,8 @@ class Views:
         """-> (cameras, images (H, W, 3|4) float32, masks (H, W) float32 in [0, 1] or None)."""
         arrays, masks = load_images(self.jobs, cache=cache, desc=desc)
         cameras = make_cameras(self.c2w, self.K, self.source_sizes, [job.size for job in self.jobs])
-        return cameras, [to_tensor(a) for a in arrays], None if masks is None else [to_tensor(m) for m in masks]
+        masks = None if masks is None else [to_tensor(m) for m in masks]
+        return cameras, [to_tensor(a) for a in arrays], masks
 
 
 def read_json(path: str | Path) -> dict:

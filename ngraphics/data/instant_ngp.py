@@ -5,16 +5,18 @@ at the top level, overridable per frame, and `frames: [{file_path, transform_mat
 
 - Focal length: `fl_x`/`fl_y` in pixels, or `camera_angle_x`/`camera_angle_y` in radians
   (f = 0.5 w / tan(angle / 2)), or `x_fov`/`y_fov` in degrees; one axis alone sets both.
-- Principal point `cx`, `cy` in pixels, pixel centres at i + 0.5 (default w/2, h/2); `w`, `h` must match the image.
+- Principal point `cx`, `cy` in pixels, pixel centres at i + 0.5 (default w/2, h/2); `w`, `h` must match the
+  image.
 - Lens: `k1`, `k2`, `p1`, `p2` (and `k3`), OpenCV's model. Images are undistorted once at load (and cached).
 - `transform_matrix`: camera-to-world, OpenGL camera axes (x right, y up, looking down -z).
-- instant-ngp moves the poses into its unit cube (`NerfDataset::nerf_matrix_to_ngp`): flip the camera's y and z
-  axes (OpenGL -> OpenCV), then p' = p * scale + offset for the camera position (`scale` default 0.33,
+- instant-ngp moves the poses into its unit cube (`NerfDataset::nerf_matrix_to_ngp`): flip the camera's y and
+  z axes (OpenGL -> OpenCV), then p' = p * scale + offset for the camera position (`scale` default 0.33,
   `offset` default (0.5, 0.5, 0.5), or both derived from an `aabb` key so that box fits [0, 1]^3), then cycle
   the world axes (x, y, z) <- (y, z, x): new row 0 = old row 1, new row 1 = old row 2, new row 2 = old row 0.
-  This loader applies exactly that, so positions match instant-ngp's and the scene of interest sits in [0, 1]^3.
-- `aabb_scale` (1, 2, 4, ..., 128) enlarges the box instant-ngp marches in: the cube of side aabb_scale centred
-  at (0.5, 0.5, 0.5). `SceneData.aabb` is that cube; with `contract=True` it is [0, 1]^3 instead and
+  This loader applies exactly that, so positions match instant-ngp's and the scene of interest sits in
+  [0, 1]^3.
+- `aabb_scale` (1, 2, 4, ..., 128) enlarges the box instant-ngp marches in: the cube of side aabb_scale
+  centred at (0.5, 0.5, 0.5). `SceneData.aabb` is that cube; with `contract=True` it is [0, 1]^3 instead and
   `SceneData.contract` is True (for methods that contract space outside the box).
 
 Listed frames whose image is missing (the fox lists 67 and ships 50) are skipped with one warning.
@@ -188,7 +190,8 @@ def _scale_offset(data: dict, where: str) -> tuple[float, np.ndarray]:
         scale = 1.0 / max(1e-6, float(np.abs(box[1] - box[0]).max()))
         offset = -0.5 * (box[0] + box[1]) * scale + 0.5
     if not np.all(np.isfinite(offset)) or scale <= 0:
-        raise DataError(f"{where}: scale must be > 0 and offset finite, got scale={scale}, offset={offset.tolist()}")
+        raise DataError(f"{where}: scale must be > 0 and offset finite, got scale={scale}, "
+                        f"offset={offset.tolist()}")
     return scale, offset
 
 
@@ -204,8 +207,9 @@ def find_transforms(path: Path, split: str) -> tuple[Path, bool]:
 
 
 def load_instant_ngp(
-    path: str | Path, split: str = "train", downscale: float = 1, background: str = "white", cache: bool = True,
-    max_frames: int | None = None, frame_stride: int = 1, contract: bool = False, holdout: int = 8,
+    path: str | Path, split: str = "train", downscale: float = 1, background: str = "white",
+    cache: bool = True, max_frames: int | None = None, frame_stride: int = 1, contract: bool = False,
+    holdout: int = 8,
 ) -> SceneData:
     """Load an instant-ngp scene in instant-ngp's world frame (see the module docstring).
 

@@ -39,12 +39,14 @@ def detect_format(path: str | Path | None) -> str:
         raise DataError(f"{path}: dataset path not found")
     if path.is_file():
         if path.suffix.lower() == ".json":
-            return "blender" if path.stem.startswith("transforms_") and is_blender(path.parent) else "instant-ngp"
+            split_file = path.stem.startswith("transforms_") and is_blender(path.parent)
+            return "blender" if split_file else "instant-ngp"
         if path.name == "cameras_sphere.npz":
             return "neus"
         if path.stem in ("cameras", "images", "points3D") and path.suffix in (".bin", ".txt"):
             return "colmap"
-        raise DataError(f"{path}: not a dataset file (expected transforms*.json, cameras_sphere.npz or a COLMAP model)")
+        raise DataError(f"{path}: not a dataset file (expected transforms*.json, cameras_sphere.npz or a "
+                        "COLMAP model)")
     if is_blender(path):
         return "blender"
     if (path / "transforms.json").is_file():
@@ -54,8 +56,8 @@ def detect_format(path: str | Path | None) -> str:
     if find_model_dir(path) is not None:
         return "colmap"
     raise DataError(
-        f"{path}: unknown dataset layout (looked for transforms_train.json, transforms.json, cameras_sphere.npz, "
-        "and cameras.bin/.txt in ., sparse/0, sparse)"
+        f"{path}: unknown dataset layout (looked for transforms_train.json, transforms.json, "
+        "cameras_sphere.npz, and cameras.bin/.txt in ., sparse/0, sparse)"
     )
 
 
@@ -93,7 +95,8 @@ def load_dataset(
         raise DataError(f"downscale must be a number >= 1, got {downscale!r}")
     if procedural and fmt != "procedural":
         raise DataError(f"{path}: options {sorted(procedural)} only apply to the procedural scene")
-    common = {"split": split, "background": background, "max_frames": max_frames, "frame_stride": frame_stride}
+    common = {"split": split, "background": background, "max_frames": max_frames,
+              "frame_stride": frame_stride}
     if fmt == "procedural":
         if downscale != 1 and "resolution" not in procedural:
             procedural["resolution"] = max(4, round(80 / downscale))
@@ -106,4 +109,5 @@ def load_dataset(
         return load_instant_ngp(path, **common, contract=bool(contract), holdout=holdout)
     if fmt == "neus":
         return load_neus(path.parent if path.is_file() else path, **common, holdout=holdout)
-    return load_colmap(path.parent if path.is_file() else path, **common, holdout=holdout, contract=bool(contract))
+    return load_colmap(path.parent if path.is_file() else path, **common, holdout=holdout,
+                       contract=bool(contract))

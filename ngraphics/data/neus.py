@@ -8,7 +8,8 @@ K[2, 2] = 1), R and the camera centre, so poses come out in the normalised frame
 unit sphere: aabb = [-1, 1]^3. Camera axes are OpenCV's already.
 
 Pixel convention: NeuS casts the ray of pixel (i, j) through (i, j) (pixel centres at integers), ngraphics
-through (i + 0.5, j + 0.5), so the loader adds 0.5 to cx and cy. Masks are read from the first channel, in [0, 1].
+through (i + 0.5, j + 0.5), so the loader adds 0.5 to cx and cy. Masks are read from the first channel, in
+[0, 1].
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def decompose_projection(P: np.ndarray, where: str) -> tuple[np.ndarray, np.ndar
         raise DataError(f"{where}: projection matrix has its camera centre at infinity")
     K = K / K[2, 2]
     if K[0, 0] <= 0 or K[1, 1] <= 0 or np.linalg.det(R) <= 0:
-        raise DataError(f"{where}: projection matrix does not decompose into K[R|t] with positive focal lengths")
+        raise DataError(f"{where}: projection matrix does not decompose into K[R|t] with positive focal "
+                        "lengths")
     c2w = np.eye(4)
     c2w[:3, :3] = R.T
     c2w[:3, 3] = centre[:3, 0] / centre[3, 0]
@@ -54,7 +56,8 @@ def _matrix(cams, key: str, path: Path, default: np.ndarray | None = None) -> np
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def is_neus(path: Path) -> bool:
@@ -62,8 +65,8 @@ def is_neus(path: Path) -> bool:
 
 
 def load_neus(
-    root: str | Path, split: str = "train", downscale: float = 1, background: str = "white", cache: bool = True,
-    max_frames: int | None = None, frame_stride: int = 1, holdout: int = 8,
+    root: str | Path, split: str = "train", downscale: float = 1, background: str = "white",
+    cache: bool = True, max_frames: int | None = None, frame_stride: int = 1, holdout: int = 8,
 ) -> SceneData:
     """Load a NeuS-format scene in its normalised (unit-sphere) frame.
 

@@ -11,10 +11,10 @@ Objects (each textured in its own local frame, so textures move with it):
 - a sphere (radius 0.42) with a latitude/longitude checker,
 - a rounded box (half size 0.34 x 0.28 x 0.3, rounding 0.05), rotated about z, with diagonal stripes,
 - a torus (radii 0.36 / 0.12), tilted, with smooth value noise.
-Shading is view-independent Lambert + ambient (light from `LIGHT`), no shadows. Each pixel traces 4 rays
-(2x2 grid) for colour and coverage (alpha = fraction of rays that hit) plus 1 ray through its centre for depth,
-mask and normal. The seed sets the colours, the noise and the camera jitter; `dynamic=True` makes the
-objects move with time t in [0, 1] (sphere bobs, box spins, torus slides) for dynamic-scene methods.
+Shading is view-independent Lambert + ambient (light from `LIGHT`), no shadows. Each pixel traces 4 rays (2x2
+grid) for colour and coverage (alpha = fraction of rays that hit) plus 1 ray through its centre for depth,
+mask and normal. The seed sets the colours, the noise and the camera jitter; `dynamic=True` makes the objects
+move with time t in [0, 1] (sphere bobs, box spins, torus slides) for dynamic-scene methods.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ProceduralScene:
         self.noise_table = torch.tensor(rng.uniform(0.0, 1.0, size=(16, 16, 16)))
         self.aabb = torch.tensor(SCENE_AABB)
 
-    # --- object placement ------------------------------------------------------------------------------------
+    # --- object placement -----------------------------------------------------------------------------------
 
     def _local_xyz(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, time) -> list[tuple]:
         """Coordinates in each object's local frame (object at its origin): [(x, y, z)] x 3 objects."""
@@ -120,7 +120,7 @@ class ProceduralScene:
         )
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    # --- appearance ------------------------------------------------------------------------------------------
+    # --- appearance -----------------------------------------------------------------------------------------
 
     def _value_noise(self, q: torch.Tensor) -> torch.Tensor:
         """Smooth periodic value noise in [0, 1]. q (N, 3) -> (N,)."""
@@ -163,7 +163,7 @@ class ProceduralScene:
         lambert = (normals @ light).clamp_min(0)[:, None]
         return (self.albedo(points, time) * (0.3 + 0.7 * lambert)).clamp(0, 1)
 
-    # --- geometry export -------------------------------------------------------------------------------------
+    # --- geometry export ------------------------------------------------------------------------------------
 
     def mesh(self, resolution: int = 96, time=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Marching-cubes mesh of the zero level set over [-1.2, 1.2]^3 (skimage).
@@ -179,7 +179,8 @@ class ProceduralScene:
         step = (hi - lo) / (resolution - 1)
         verts, faces, _, _ = marching_cubes(values, level=0.0, spacing=(step, step, step))
         verts = torch.from_numpy(verts.copy()).to(torch.float32) + lo
-        faces = torch.from_numpy(faces.astype(np.int64))  # skimage winds them towards increasing values: outward
+        # skimage winds the faces towards increasing values: outward
+        faces = torch.from_numpy(faces.astype(np.int64))
         return verts, faces
 
 
@@ -226,9 +227,11 @@ def sphere_trace(
 def _pixel_rays(cameras: Cameras, i: int, offsets: list[tuple[float, float]]):
     """Rays of camera i through pixel (u, v) + offset, for each offset. Returns origins, dirs (S, H*W, 3)."""
     H, W = int(cameras.height[i]), int(cameras.width[i])
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
+                          indexing="ij")
     index = torch.full((H * W,), i, dtype=torch.int64)
-    rays = [cameras.rays(index, torch.stack([u.reshape(-1) + du, v.reshape(-1) + dv], -1)) for du, dv in offsets]
+    pixels = [torch.stack([u.reshape(-1) + du, v.reshape(-1) + dv], -1) for du, dv in offsets]
+    rays = [cameras.rays(index, p) for p in pixels]
     return torch.stack([r[0] for r in rays]), torch.stack([r[1] for r in rays])
 
 
@@ -278,7 +281,8 @@ def render_views(scene: ProceduralScene, cameras: Cameras, time=None) -> dict[st
             t[sl].reshape(5, P), dirs[sl].reshape(5, P, 3)
         cover = h[:4].float().mean(0)
         premult = c[:4].mean(0)
-        rgb = torch.where(cover[:, None] > 0, premult / cover.clamp_min(1e-6)[:, None], torch.zeros_like(premult))
+        rgb = torch.where(cover[:, None] > 0, premult / cover.clamp_min(1e-6)[:, None],
+                          torch.zeros_like(premult))
         z = torch.where(h[4], ti[4] * (di[4] @ cameras.c2w[i, :3, 2]), torch.zeros_like(ti[4]))
         out["rgba"].append(torch.cat([rgb, cover[:, None]], -1).reshape(H, W, 4).clamp(0, 1))
         out["depth"].append(z.reshape(H, W))
@@ -301,7 +305,8 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up=(0.0, 0.0, 1.0)) -> torc
 
 
 def orbit_cameras(
-    n: int, resolution: int = 80, split: str = "train", seed: int = 0, radius: float = 3.5, fov_deg: float = 36.0,
+    n: int, resolution: int = 80, split: str = "train", seed: int = 0, radius: float = 3.5,
+    fov_deg: float = 36.0,
 ) -> Cameras:
     """n square cameras on the upper hemisphere (elevation 8-65 degrees) looking at the origin.
 
@@ -318,7 +323,8 @@ def orbit_cameras(
     else:
         azimuth = rng.uniform(0, 2 * math.pi, n)
         elevation = np.arcsin(rng.uniform(math.sin(lo), math.sin(hi), n))
-    eye = radius * np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], -1)
+    eye = radius * np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                             np.sin(elevation)], -1)
     c2w = look_at(torch.tensor(eye, dtype=torch.float32), torch.zeros(n, 3))
     f = 0.5 * resolution / math.tan(0.5 * math.radians(fov_deg))
     K = torch.tensor([[f, 0.0, resolution / 2], [0.0, f, resolution / 2], [0.0, 0.0, 1.0]]).repeat(n, 1, 1)
@@ -362,12 +368,14 @@ def load_procedural(
         times.append(view_times(n, s, seed))
         names += [f"{s}_{i:03d}" for i in range(n)]
     keep = torch.tensor(subsample(range(len(names)), max_frames, frame_stride))
-    cameras = Cameras(*(torch.cat([getattr(c, k) for c in cameras])[keep] for k in ("c2w", "K", "width", "height")))
+    fields = ("c2w", "K", "width", "height")
+    cameras = Cameras(*(torch.cat([getattr(c, k) for c in cameras])[keep] for k in fields))
     time = torch.cat(times)[keep] if dynamic else None
     views = render_views(scene, cameras, time)
     surface = scene.mesh(mesh_resolution) if mesh_resolution and not dynamic else None
     return SceneData(
-        cameras=cameras, images=views["rgba"], names=[names[i] for i in keep], aabb=scene.aabb.to(torch.float32),
+        cameras=cameras, images=views["rgba"], names=[names[i] for i in keep],
+        aabb=scene.aabb.to(torch.float32),
         near=1.5, far=6.0, masks=views["mask"], depths=views["depth"], background=background, surface=surface,
         time=time,
         meta={"format": "procedural", "scene": scene, "split": split, "seed": seed, "resolution": resolution,

@@ -17,7 +17,6 @@ from ngraphics.backends import check_backend
 from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError
 
-
 PRECISIONS = (torch.float32, torch.float16)
 
 
@@ -84,4 +83,5 @@ class Encoding(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}, n_params={self.n_params}"
+        return (f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}, "
+                f"n_params={self.n_params}")

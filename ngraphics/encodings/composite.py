@@ -100,7 +100,8 @@ class Composite(Encoding):
                 continue
             entry = {k: v for k, v in entry.items() if k not in ("n_dims_to_encode", "dims_to_encode_begin")}
             self.nested.append(
-                create_encoding(count, entry, backend=backend, strict=strict, where=f"{where}[{i}]", dtype=dtype)
+                create_encoding(count, entry, backend=backend, strict=strict, where=f"{where}[{i}]",
+                                dtype=dtype)
             )
             self.slices.append((begin, count))
         if not self.nested:

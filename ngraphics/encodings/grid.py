@@ -17,16 +17,17 @@ Conventions, each one as tiny-cuda-nn defines it (files under `include/tiny-cuda
   `n_grid_features`) may replace n_levels: n_levels = n_features / n_features_per_level. Strings are matched
   case-insensitively; "Tile" means "Tiled". At most 128 levels (`MAX_N_LEVELS`, `grid_interface.h`).
 - Level scale and resolution (`common_device.h`, `grid_scale`, `grid_resolution`), float32 throughout:
-  `scale_l = exp2f(l * log2f(per_level_scale)) * base_resolution - 1.0f`, `res_l = (uint32)ceilf(scale_l) + 1`.
+  `scale_l = exp2f(l * log2f(per_level_scale)) * base_resolution - 1.0f`,
+  `res_l = (uint32)ceilf(scale_l) + 1`.
   We round each float32 operation exactly; CUDA's exp2f (2 ulp) and fma contraction may differ by an ulp.
 - Table sizes (`encodings/grid.h`, `GridEncodingTemplated` constructor): `params_in_level = res^D` (capped at
   2^31 - 1 when res^D > 2^31), rounded up to a multiple of 8; Hash: `min(that, 2^log2_hashmap_size)`;
   Tiled: `min(that, base_resolution^D)`; Dense: unchanged. Levels are concatenated in order: level l's
   entries start at `offsets[l]` (in entries; in params at `offsets[l] * F`), each entry holds F features
   (features innermost). `n_params = sum(params_in_level) * F`.
-- Position (`common_device.h`, `pos_fract`): `pos = fmaf(scale, x, 0.5f)` (one rounding), `grid = (uint32)(int)
-  floorf(pos)`, `frac = pos - floorf(pos)`. No clamping: x outside [0, 1] reaches cells outside the grid;
-  negative cells wrap to large uint32 values (we emulate uint32 with int64 & 0xFFFFFFFF).
+- Position (`common_device.h`, `pos_fract`): `pos = fmaf(scale, x, 0.5f)` (one rounding),
+  `grid = (uint32)(int)floorf(pos)`, `frac = pos - floorf(pos)`. No clamping: x outside [0, 1] reaches cells
+  outside the grid; negative cells wrap to large uint32 values (we emulate uint32 with int64 & 0xFFFFFFFF).
 - Index (`common_device.h`, `grid_index`): `stride = 1; for d in dims while stride <= hashmap_size:
   index += grid[d] * stride; stride *= res` (uint32 wrap-around); if the type is Hash and
   `hashmap_size < stride`: `index = hash(grid)`; finally `index % hashmap_size`. Tiled levels thus use the
@@ -78,7 +79,8 @@ INIT_RANGE = 1e-4  # tcnn initialize_params: uniform(-1e-4, 1e-4)
 TRITON_MAX_LOG2_HASHMAP_SIZE = 24
 
 
-def _canonical(value: str, options: tuple[str, ...], where: str, aliases: dict[str, str] | None = None) -> str:
+def _canonical(value: str, options: tuple[str, ...], where: str,
+               aliases: dict[str, str] | None = None) -> str:
     """Case-insensitive match of `value` against `options` (tcnn's `equals_case_insensitive`)."""
     lookup = {o.lower(): o for o in options}
     lookup.update({k.lower(): v for k, v in (aliases or {}).items()})
@@ -111,7 +113,8 @@ class GridConfig:
         if not 1 <= self.n_levels <= MAX_LEVELS:
             raise ConfigError(f"{where}.n_levels: must be 1..{MAX_LEVELS}, got {self.n_levels}")
         if self.n_features_per_level not in (1, 2, 4, 8):
-            raise ConfigError(f"{where}.n_features_per_level: must be 1, 2, 4 or 8, got {self.n_features_per_level}")
+            raise ConfigError(f"{where}.n_features_per_level: must be 1, 2, 4 or 8, "
+                              f"got {self.n_features_per_level}")
         if not 1 <= self.log2_hashmap_size <= 31:
             raise ConfigError(f"{where}.log2_hashmap_size: must be 1..31, got {self.log2_hashmap_size}")
         if self.base_resolution < 1:
@@ -207,7 +210,8 @@ def grid_spec(n_dims: int, config: Any, where: str = "grid") -> GridSpec:
             raise ConfigError(choice_message("otype", otype, ["Grid", "HashGrid", "DenseGrid", "TiledGrid"]))
         config = from_dict(cls, _levels_from_n_features(config, otype), otype)
     if not isinstance(n_dims, int) or not 1 <= n_dims <= MAX_DIMS:
-        raise ConfigError(f"{where}: n_input_dims must be 1..{MAX_DIMS} (the hash has {MAX_DIMS} primes), got {n_dims}")
+        raise ConfigError(f"{where}: n_input_dims must be 1..{MAX_DIMS} (the hash has {MAX_DIMS} primes), "
+                          f"got {n_dims}")
     grid_type = _canonical(config.type, GRID_TYPES, f"{where}.type", {"Tile": "Tiled"})
     interpolation = _canonical(config.interpolation, INTERPOLATIONS, f"{where}.interpolation")
     hash_type = _canonical(config.hash, HASH_TYPES, f"{where}.hash")
@@ -236,12 +240,13 @@ def grid_spec(n_dims: int, config: Any, where: str = "grid") -> GridSpec:
         resolutions.append(res)
         offsets.append(offset)
         if size == 0:  # tcnn's uint32 powi(base_resolution, D) wrapped to 0
-            raise ConfigError(f"{where}.base_resolution: {base}^{n_dims} overflows tiny-cuda-nn's uint32 tile size")
+            raise ConfigError(f"{where}.base_resolution: {base}^{n_dims} overflows tiny-cuda-nn's uint32 "
+                              "tile size")
         sizes.append(size)
         offset += size
     if offset * F >= 2**32:
-        raise ConfigError(f"{where}: this grid needs {offset * F} parameters, more than tiny-cuda-nn's uint32 "
-                          "limit; lower n_levels, base_resolution or per_level_scale")
+        raise ConfigError(f"{where}: this grid needs {offset * F} parameters, more than tiny-cuda-nn's "
+                          "uint32 limit; lower n_levels, base_resolution or per_level_scale")
     return GridSpec(n_dims, L, F, grid_type, interpolation, tuple(scales), tuple(resolutions), tuple(offsets),
                     tuple(sizes), offset * F, hash_type)
 
@@ -289,7 +294,8 @@ def _scaled_position(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _encode_level(x: torch.Tensor, level_params: torch.Tensor, spec: GridSpec, level: int) -> torch.Tensor:
-    """One level: x (N, D), the level's own table (hashmap_sizes[level] * F,) -> features (N, F), x's dtype."""
+    """One level: x (N, D), the level's own table (hashmap_sizes[level] * F,) -> features (N, F), in x's
+    dtype."""
     D, F = spec.n_dims, spec.n_features
     size = spec.hashmap_sizes[level]
     table = level_params.view(size, F)
@@ -345,7 +351,9 @@ def grid_encode_torch(x: torch.Tensor, params: torch.Tensor, spec: GridSpec) -> 
     Differentiable w.r.t. params and x to any order (double backward for eikonal losses); d/dx is 0 for
     Nearest and, like tcnn, ignores that cell indices jump at cell faces. Memory: corners are visited one at a
     time, O(N * (D + F)) each; with autograd each level is checkpointed (recomputed in backward), so the graph
-    holds O(N * D) per level (about 2.5 GB peak for fwd+bwd of 2^20 points through the default 3D HashGrid). Example: `grid_encode_torch(torch.rand(4, 3), p, grid_spec(3, {}))`.
+    holds O(N * D) per level (about 2.5 GB peak for fwd+bwd of 2^20 points through the default 3D HashGrid);
+    params are split into per-level views once per call, so each level's gather gradient is the size of its
+    own table. Example: `grid_encode_torch(torch.rand(4, 3), p, grid_spec(3, {}))`.
     """
     if x.dim() != 2 or x.shape[1] != spec.n_dims or not x.is_floating_point():
         raise ValueError(f"positions must be (N, {spec.n_dims}) float, got {tuple(x.shape)} {x.dtype}")
@@ -359,7 +367,7 @@ def grid_encode_torch(x: torch.Tensor, params: torch.Tensor, spec: GridSpec) -> 
     tables = torch.split(params, [size * spec.n_features for size in spec.hashmap_sizes])
     levels = []
     for level, table in enumerate(tables):
-        if needs_graph:  # recompute each level in backward rather than keep 2^D index/weight tensors per level
+        if needs_graph:  # recompute each level in backward, not keep 2^D index/weight tensors per level
             levels.append(checkpoint(_encode_level, x, table, spec, level, use_reentrant=False,
                                      preserve_rng_state=False))
         else:
@@ -371,7 +379,7 @@ def _levels_from_n_features(config: Any, where: str) -> Any:
     """tcnn accepts `n_features` (or `n_grid_features`) instead of n_levels: n_levels = n_features / F."""
     if not isinstance(config, dict):
         return config
-    key = "n_features" if "n_features" in config else "n_grid_features" if "n_grid_features" in config else None
+    key = next((k for k in ("n_features", "n_grid_features") if k in config), None)
     if key is None:
         return config
     config = dict(config)
@@ -445,7 +453,8 @@ class Grid(Encoding):
         spec = self.spec
         per_level_scale = self.config.per_level_scale
         if per_level_scale is None:
-            per_level_scale = default_per_level_scale(spec.grid_type, spec.n_levels, self.config.base_resolution)
+            per_level_scale = default_per_level_scale(spec.grid_type, spec.n_levels,
+                                                      self.config.base_resolution)
         out.update(type=spec.grid_type, interpolation=spec.interpolation, hash=spec.hash_type,
                    per_level_scale=float(_f32(per_level_scale)))
         return out
@@ -454,7 +463,8 @@ class Grid(Encoding):
         s = self.spec
         dtype = "" if self.dtype is None else f", dtype={self.dtype}"
         return (f"{super().extra_repr()}, type={s.grid_type}, n_levels={s.n_levels}, F={s.n_features}, "
-                f"resolutions={s.resolutions[0]}..{s.resolutions[-1]}, interpolation={s.interpolation}{dtype}")
+                f"resolutions={s.resolutions[0]}..{s.resolutions[-1]}, "
+                f"interpolation={s.interpolation}{dtype}")
 
 
 class HashGrid(Grid):

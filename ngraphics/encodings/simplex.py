@@ -278,7 +278,8 @@ class Simplex(Encoding):
         if resolve_backend(self.backend, x.device) == "triton":
             from ngraphics.kernels.simplex import simplex_encode_triton
 
-            out = simplex_encode_triton(x, self.params, self.spec, table_dtype=self.dtype, out_dtype=self.dtype)
+            out = simplex_encode_triton(x, self.params, self.spec, table_dtype=self.dtype,
+                                        out_dtype=self.dtype)
         else:
             out = simplex_encode_torch(x, round_params(self.params, self.dtype), self.spec)
         return out if self.dtype is None else out.to(self.dtype)

@@ -50,7 +50,7 @@ def linear_to_srgb(x):
     )
 
 
-# --- reading -------------------------------------------------------------------------------------------------
+# --- reading ------------------------------------------------------------------------------------------------
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file.
@@ -135,7 +135,8 @@ def read_exr(path: str | Path) -> np.ndarray:
     try:
         channels = OpenEXR.File(str(path), separate_channels=True).channels()
     except Exception as err:  # noqa: BLE001 - the bindings raise plain exceptions for corrupt files
-        raise DataError(f"{path}: cannot read EXR ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot read EXR ({reason})") from None
     names = list(channels)
     order = _exr_channel_order(names)
     if not order:
@@ -157,7 +158,7 @@ def _exr_channel_order(names: list[str]) -> list[str]:
     return sorted(names)
 
 
-# --- writing -------------------------------------------------------------------------------------------------
+# --- writing ------------------------------------------------------------------------------------------------
 
 def write_image(path: str | Path, img, *, bit_depth: int = 8, quality: int = 95) -> None:
     """Write an LDR image (PNG, JPG, …) atomically; values are clipped to [0, 1] and quantised.
@@ -177,11 +178,13 @@ def write_image(path: str | Path, img, *, bit_depth: int = 8, quality: int = 95)
         write_exr(path, img)
         return
     if path.suffix.lower() not in LDR_SUFFIXES:
-        raise DataError(f"{path}: cannot write this image type (expected one of {', '.join(LDR_SUFFIXES)} or .exr)")
+        raise DataError(f"{path}: cannot write this image type (expected one of {', '.join(LDR_SUFFIXES)} "
+                        "or .exr)")
     if bit_depth not in (8, 16):
         raise DataError(f"{path}: bit_depth must be 8 or 16, got {bit_depth}")
     scale = 255.0 if bit_depth == 8 else 65535.0
-    q = np.round(np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0) * scale).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    q = np.round(np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0) * scale)
+    q = q.astype(np.uint8 if bit_depth == 8 else np.uint16)
     if q.shape[2] == 3:
         q = q[:, :, ::-1]
     elif q.shape[2] == 4:
@@ -226,7 +229,7 @@ def _as_hwc(img, path: Path) -> np.ndarray:
     return img
 
 
-# --- resizing ------------------------------------------------------------------------------------------------
+# --- resizing -----------------------------------------------------------------------------------------------
 
 def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
     """Shrink so that the longer side is at most `max_side` (area averaging); never enlarges.

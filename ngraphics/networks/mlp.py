@@ -40,7 +40,8 @@ from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError, choice_message
 from ngraphics.networks.pcg32 import Pcg32, uniform_matrix
 
-ACTIVATIONS = ("None", "ReLU", "LeakyReLU", "Exponential", "Sine", "Sigmoid", "Squareplus", "Softplus", "Tanh")
+ACTIVATIONS = ("None", "ReLU", "LeakyReLU", "Exponential", "Sine", "Sigmoid", "Squareplus", "Softplus",
+               "Tanh")
 NETWORK_TYPES = {  # tcnn otype -> the implementation whose rules apply
     "FullyFusedMLP": "FullyFusedMLP",
     "MegakernelMLP": "FullyFusedMLP",
@@ -85,7 +86,8 @@ class MLPConfig:
     def validate(self, where: str) -> None:
         object.__setattr__(self, "activation", canonical_activation(self.activation, f"{where}.activation"))
         object.__setattr__(
-            self, "output_activation", canonical_activation(self.output_activation, f"{where}.output_activation")
+            self, "output_activation",
+            canonical_activation(self.output_activation, f"{where}.output_activation")
         )
         if self.n_neurons < 1:
             raise ConfigError(f"{where}.n_neurons: must be a positive integer, got {self.n_neurons}")
@@ -241,11 +243,12 @@ class MLP(nn.Module):
         if self.otype == "FullyFusedMLP":
             if cfg.n_neurons not in FULLY_FUSED_WIDTHS:
                 raise ConfigError(
-                    f"{where}.n_neurons: FullyFusedMLP supports 16, 32, 64 or 128 neurons, got {cfg.n_neurons} "
-                    "(use otype CutlassMLP for other widths)"
+                    f"{where}.n_neurons: FullyFusedMLP supports 16, 32, 64 or 128 neurons, "
+                    f"got {cfg.n_neurons} (use otype CutlassMLP for other widths)"
                 )
             if cfg.n_hidden_layers < 1:
-                raise ConfigError(f"{where}.n_hidden_layers: FullyFusedMLP needs at least 1 hidden layer, got 0")
+                raise ConfigError(f"{where}.n_hidden_layers: FullyFusedMLP needs at least 1 hidden layer, "
+                                  "got 0")
         self.n_input_dims, self.n_output_dims = n_input_dims, n_output_dims
         self.spec = MLPSpec(
             n_input_dims=n_input_dims,
@@ -284,7 +287,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         """x: (N, n_input_dims) float -> (N, n_output_dims). `params` replaces self.params (same layout)."""
         if x.dim() != 2 or x.shape[1] != self.n_input_dims or not x.is_floating_point():
-            raise ValueError(f"MLP: input must be (N, {self.n_input_dims}) float, got {tuple(x.shape)} {x.dtype}")
+            raise ValueError(f"MLP: input must be (N, {self.n_input_dims}) float, "
+                             f"got {tuple(x.shape)} {x.dtype}")
         params = self.params if params is None else params
         dtype = self.compute_dtype(x, params)
         if dtype == torch.float16 and torch.is_grad_enabled():
@@ -331,7 +335,10 @@ def initial_params(spec: MLPSpec, rng: Pcg32) -> np.ndarray:
     chunks = []
     for i, (rows, cols) in enumerate(spec.layer_shapes()):
         if spec.activation == "Sine":
-            scale = np.float32(30.0) / np.float32(cols) if i == 0 else np.sqrt(np.float32(6.0) / np.float32(cols))
+            if i == 0:
+                scale = np.float32(30.0) / np.float32(cols)
+            else:
+                scale = np.sqrt(np.float32(6.0) / np.float32(cols))
         else:
             scale = np.sqrt(np.float32(6.0) / np.float32(rows + cols))
         chunks.append(uniform_matrix(rng, rows * cols, scale))

@@ -139,7 +139,8 @@ class NetworkWithInputEncoding(ParamLender):
             strict=strict,
         )
         self.unknown_keys = tuple(self.encoding.unknown_keys) + tuple(self.network.unknown_keys)
-        self.n_input_dims, self.n_output_dims, self.seed, self.dtype = n_input_dims, n_output_dims, seed, dtype
+        self.n_input_dims, self.n_output_dims = n_input_dims, n_output_dims
+        self.seed, self.dtype = seed, dtype
 
         rng = Pcg32(seed)
         rng.advance(self.network.n_params)  # the MLP drew its weights first
@@ -152,7 +153,8 @@ class NetworkWithInputEncoding(ParamLender):
         self._rest()
 
     def parts(self) -> list[tuple[nn.Module, int, int]]:
-        return [(self.network, 0, self.n_network_params), (self.encoding, self.n_network_params, self.n_params)]
+        split = self.n_network_params
+        return [(self.network, 0, split), (self.encoding, split, self.n_params)]
 
     @property
     def n_params(self) -> int:

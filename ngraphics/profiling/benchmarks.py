@@ -87,7 +87,7 @@ class Case:
     check: Callable[[nn.Module, torch.Tensor], str | None] | None = field(default=None, repr=False)
 
 
-# --- backends -------------------------------------------------------------------------------------------------
+# --- backends -----------------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -96,7 +96,8 @@ def tcnn_status() -> str | None:
     try:
         import tinycudann  # noqa: F401
     except Exception as err:  # noqa: BLE001 - ImportError, or a broken CUDA build raising anything
-        return f"tinycudann not importable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        return f"tinycudann not importable ({type(err).__name__}: {first_line})"
     if not torch.cuda.is_available():
         return "tinycudann needs a CUDA device"
     return None
@@ -119,7 +120,7 @@ def backend_status(backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})"
 
 
-# --- case builders ----------------------------------------------------------------------------------------------
+# --- case builders ------------------------------------------------------------------------------------------
 
 
 def encoding_cases(names, dims, batch_sizes, backends, device, dtype) -> list[Case]:
@@ -153,7 +154,8 @@ def mlp_cases(widths, hidden_layers, n_input, n_output, batch_sizes, backends, d
         for n in batch_sizes:
             for backend in backends:
                 cases.append(Case("mlp", name, backend, n_input, n, cfg,
-                                  functools.partial(_build_mlp, backend, n_input, n_output, cfg, device, dtype),
+                                  functools.partial(_build_mlp, backend, n_input, n_output, cfg, device,
+                                                    dtype),
                                   _mlp_triton_check if backend == "triton" else None))
     return cases
 
@@ -206,10 +208,11 @@ def _build_encoding_mlp(backend, d, cfg, device, dtype) -> nn.Module:
                                     backend=backend).to(device)
 
 
-# --- measuring ----------------------------------------------------------------------------------------------------
+# --- measuring ----------------------------------------------------------------------------------------------
 
 
-def measure(case: Case, device: torch.device, *, input_grad: bool = False, timing: dict | None = None) -> dict:
+def measure(case: Case, device: torch.device, *, input_grad: bool = False,
+            timing: dict | None = None) -> dict:
     """Time one case. Returns a row: the case's keys, n_params, n_output_dims, forward_ms, forward_pts_per_s,
     fwd_bwd_ms, fwd_bwd_pts_per_s, status (`ok` / `n/a`) and reason."""
     timing = timing or {}
@@ -267,7 +270,8 @@ def measure(case: Case, device: torch.device, *, input_grad: bool = False, timin
 def add_ratios(rows: list[dict]) -> None:
     """Add `forward_vs_torch` and `fwd_bwd_vs_torch` (torch ms / this backend's ms: > 1 is faster than torch)
     to every row whose torch twin (same bench, name, D, N) was measured."""
-    ref = {(r["bench"], r["name"], r["n_input_dims"], r["batch_size"]): r for r in rows if r["backend"] == "torch"}
+    ref = {(r["bench"], r["name"], r["n_input_dims"], r["batch_size"]): r
+           for r in rows if r["backend"] == "torch"}
     for r in rows:
         t = ref.get((r["bench"], r["name"], r["n_input_dims"], r["batch_size"]))
         for key in ("forward", "fwd_bwd"):
@@ -311,8 +315,10 @@ def table_rows(rows: list[dict], device) -> tuple[list[dict], list[str]]:
         note = r.get("reason") or ("no parameters: backward not timed (use --input-grad)"
                                    if r["status"] == "ok" and r.get("fwd_bwd_ms") is None else "")
         out.append({**r, "note": note,
-                    "forward_pts_per_s": si(r.get("forward_pts_per_s")), "fwd_bwd_pts_per_s": si(r.get("fwd_bwd_pts_per_s")),
-                    "forward_vs_torch": ratio(r.get("forward_vs_torch")), "fwd_bwd_vs_torch": ratio(r.get("fwd_bwd_vs_torch"))})
+                    "forward_pts_per_s": si(r.get("forward_pts_per_s")),
+                    "fwd_bwd_pts_per_s": si(r.get("fwd_bwd_pts_per_s")),
+                    "forward_vs_torch": ratio(r.get("forward_vs_torch")),
+                    "fwd_bwd_vs_torch": ratio(r.get("fwd_bwd_vs_torch"))})
     return out, notes
 
 

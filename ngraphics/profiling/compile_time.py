@@ -63,7 +63,8 @@ def _probe(spec: dict, env: dict, timeout_s: float, cwd: str) -> dict[int, dict]
     # the same ngraphics as this process (not a source tree that happens to be the working directory).
     cmd = [sys.executable, "-m", "ngraphics.profiling.compile_time", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd, check=False)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd,
+                              check=False)
     except subprocess.TimeoutExpired:
         return {i: {"error": f"probe timed out after {timeout_s:.0f} s"} for i in range(len(spec["cases"]))}
     out = {}

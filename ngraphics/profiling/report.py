@@ -27,7 +27,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     numeric = [all(_numeric(r[i]) or r[i] in ("n/a", "") for r in cells[1:]) for i in range(len(columns))]
     lines = []
     for n, r in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip())
+        cells = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric))
+        lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

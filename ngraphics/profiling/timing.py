@@ -59,7 +59,8 @@ def time_fn(
     synchronize(device)
     times: list[float] = []
     start_all = time.perf_counter()
-    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start_all < min_time_s):
+    while len(times) < max_repeats and (len(times) < min_repeats
+                                        or time.perf_counter() - start_all < min_time_s):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -90,7 +91,8 @@ def time_queued(fn: Callable[[], object], device: torch.device | str, *, warmup:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     else:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
         for start, end in events:
             start.record()
             fn()

@@ -35,7 +35,8 @@ def test_lego_cameras_and_images():
     for c, j in enumerate([0, 5, 10]):
         gl = np.array(meta["frames"][j]["transform_matrix"])
         cv = gl.copy()
-        cv[:3, 1], cv[:3, 2] = -gl[:3, 1], -gl[:3, 2]  # OpenGL (y up, -z forward) -> OpenCV (y down, +z forward)
+        # OpenGL (y up, -z forward) -> OpenCV (y down, +z forward)
+        cv[:3, 1], cv[:3, 2] = -gl[:3, 1], -gl[:3, 2]
         np.testing.assert_allclose(scene.cameras.c2w[c].numpy(), cv, atol=1e-6)
     # The lego sits at the world origin: it must project near the image centre, in front of every camera.
     w2c = torch.linalg.inv(scene.cameras.c2w.double())
@@ -75,7 +76,8 @@ def test_second_load_hits_the_cache(monkeypatch):
     monkeypatch.setattr(frames, "_run_job", no_decoding)
     second = load_blender(root, "test", downscale=16, max_frames=2)
     assert all(torch.equal(a, b) for a, b in zip(first.images, second.images))
-    assert torch.equal(first.cameras.K, second.cameras.K) and torch.equal(first.cameras.c2w, second.cameras.c2w)
+    assert torch.equal(first.cameras.K, second.cameras.K) and torch.equal(first.cameras.c2w,
+                                                                          second.cameras.c2w)
     with pytest.raises(AssertionError, match="although it is cached"):  # other options are a miss
         load_blender(root, "test", downscale=8, max_frames=2)
 

@@ -60,12 +60,14 @@ def test_shared_scene_loads_with_varying_heights():
     assert scene.names == [n[:-4] for n in names]
     for c, name in enumerate(names):
         image, cam = by_name[name], ref.cameras[by_name[name].camera_id]
-        np.testing.assert_allclose(scene.cameras.c2w[c].double().numpy(), _c2w_from_pycolmap(image), atol=1e-5)
+        np.testing.assert_allclose(scene.cameras.c2w[c].double().numpy(), _c2w_from_pycolmap(image),
+                                   atol=1e-5)
         w, h = round(cam.width / 8), round(cam.height / 8)
         assert tuple(scene.images[c].shape) == (h, w, 3)
         fx, fy, cx, cy = cam.params
         torch.testing.assert_close(scene.cameras.K[c].double(), torch.tensor(
-            [[fx * w / cam.width, 0, cx * w / cam.width], [0, fy * h / cam.height, cy * h / cam.height], [0, 0, 1]],
+            [[fx * w / cam.width, 0, cx * w / cam.width], [0, fy * h / cam.height, cy * h / cam.height],
+             [0, 0, 1]],
             dtype=torch.float64), rtol=1e-6, atol=1e-4)
     heights = {ref.cameras[im.camera_id].height for im in ref.images.values()}
     assert len(heights) > 1  # why SceneData.images is a list
@@ -88,7 +90,8 @@ def test_text_twin_loads_identically(tmp_path):
         np.testing.assert_allclose(text.images[iid].xys, im.xys, atol=1e-9)
     for cid, cam in binary.cameras.items():
         np.testing.assert_allclose(text.cameras[cid].params, cam.params, rtol=1e-15)
-    np.testing.assert_allclose(text.xyz[np.argsort(text.point_ids)], binary.xyz[np.argsort(binary.point_ids)], atol=1e-12)
+    np.testing.assert_allclose(text.xyz[np.argsort(text.point_ids)], binary.xyz[np.argsort(binary.point_ids)],
+                               atol=1e-12)
     a = load_colmap(tmp_path / "twin", "test", downscale=16)
     b = load_colmap(root, "test", downscale=16)
     assert torch.equal(a.cameras.c2w, b.cameras.c2w) and torch.equal(a.cameras.K, b.cameras.K)
@@ -137,9 +140,11 @@ def test_undistorted_images_put_points_at_their_pinhole_projection(tmp_path):
     W, H = 160, 120
     params = [150.0, 152.0, 81.0, 59.5, -0.25, 0.08, 0.002, -0.003]
     rec = pycolmap.Reconstruction()
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="OPENCV", width=W, height=H, params=params, camera_id=1))
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="OPENCV", width=W, height=H, params=params,
+                                                    camera_id=1))
     rec.add_image_with_trivial_frame(pycolmap.Image(name="dots.png", camera_id=1, image_id=1),
-                                     pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0, 0, 0, 1.0])), np.zeros(3)))
+                                     pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0, 0, 0, 1.0])),
+                                                      np.zeros(3)))
     gx, gy = np.meshgrid(np.linspace(-0.42, 0.42, 4), np.linspace(-0.3, 0.3, 3))
     xyz = np.stack([gx.ravel(), gy.ravel(), np.ones(12)], 1) + rng.uniform(-0.02, 0.02, (12, 3))
     for p in xyz:
@@ -205,4 +210,5 @@ def test_bad_models(tmp_path):
         warnings.simplefilter("always")
         scene = load_colmap(tmp_path / "f", "all", downscale=16)
     assert len(scene) == 2
-    assert [str(w.message).split(": ", 1)[1][:24] for w in caught if w.category is DataWarning] == ["skipped 21 of 23 frames "]
+    messages = [str(w.message).split(": ", 1)[1][:24] for w in caught if w.category is DataWarning]
+    assert messages == ["skipped 21 of 23 frames "]

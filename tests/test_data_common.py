@@ -149,7 +149,8 @@ def test_cache_key_follows_file_changes(tmp_path):
 
 
 def test_cache_round_trip_and_off(tmp_path, monkeypatch):
-    arrays = {"image/0": np.arange(12, dtype=np.uint8).reshape(2, 2, 3), "image/1": np.ones((3, 1, 4), np.float32)}
+    arrays = {"image/0": np.arange(12, dtype=np.uint8).reshape(2, 2, 3),
+              "image/1": np.ones((3, 1, 4), np.float32)}
     path = data_cache.save_arrays("k", arrays)
     assert path is not None and path.parent == tmp_path / "cache"
     assert [p.name for p in path.parent.iterdir()] == ["k.safetensors"]  # no temporary file left behind

@@ -1,4 +1,5 @@
-"""instant-ngp transforms.json loader: the shared fox (missing frames, lens distortion) and synthetic scenes."""
+"""instant-ngp transforms.json loader: the shared fox (missing frames, lens distortion) and synthetic
+scenes."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 
 
 def _ngp_reference(gl: np.ndarray, scale=0.33, offset=(0.5, 0.5, 0.5)) -> np.ndarray:
-    """instant-ngp's nerf_matrix_to_ngp written out per entry: columns 1, 2 negated, position scaled and offset,
-    rows cycled (x, y, z) <- (y, z, x)."""
+    """instant-ngp's nerf_matrix_to_ngp written out per entry: columns 1, 2 negated, position scaled and
+    offset, rows cycled (x, y, z) <- (y, z, x)."""
     out = np.eye(4)
     for new_row, old_row in ((0, 1), (1, 2), (2, 0)):
         out[new_row, 0] = gl[old_row, 0]
@@ -54,7 +55,9 @@ def test_fox_skips_missing_frames_with_one_warning():
         np.testing.assert_allclose(scene.cameras.c2w[c].double().numpy(), ref, atol=1e-6)
     K = scene.cameras.K[0]
     assert tuple(scene.images[0].shape) == (240, 135, 3)  # 1920 x 1080 portrait / 8
-    torch.testing.assert_close(K, torch.tensor([[meta["fl_x"] / 8, 0, meta["cx"] / 8], [0, meta["fl_y"] / 8, meta["cy"] / 8],
+    torch.testing.assert_close(K,
+                               torch.tensor([[meta["fl_x"] / 8, 0, meta["cx"] / 8],
+                                             [0, meta["fl_y"] / 8, meta["cy"] / 8],
                                                 [0, 0, 1]]), rtol=1e-6, atol=1e-4)
     assert bool((scene.cameras.distortion == 0).all())  # images were undistorted at load
     torch.testing.assert_close(scene.aabb, torch.tensor([[-1.5] * 3, [2.5] * 3]))  # aabb_scale 4 around 0.5
@@ -81,8 +84,8 @@ def test_fox_undistortion_matches_an_independent_resampling():
     source = torch.from_numpy(read_image(root / "images" / "0001.jpg")).double() / 255  # (1920, 1080, 3)
     H, W = source.shape[:2]
     # For each output pixel centre: normalised pinhole coords -> distort -> source pixel; bilinear lookup.
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5,
-                          indexing="ij")
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
+                          torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
     xy = torch.stack([(u - meta["cx"]) / meta["fl_x"], (v - meta["cy"]) / meta["fl_y"]], -1).reshape(-1, 2)
     lens = torch.tensor([meta["k1"], meta["k2"], meta["p1"], meta["p2"], 0.0], dtype=torch.float64)
     xd = distort(xy, lens)
@@ -95,7 +98,7 @@ def test_fox_undistortion_matches_an_independent_resampling():
     diff = (ours - ref).abs()
     assert float(diff.mean()) < 0.5 / 255 and float(diff.max()) < 2 / 255  # uint8 rounding only
     plain = torch.from_numpy(cv2.resize(source.numpy(), (W // 8, H // 8), interpolation=cv2.INTER_AREA))
-    assert float((plain - ref).abs().mean()) > 3 * float(diff.mean())  # undistortion made a visible difference
+    assert float((plain - ref).abs().mean()) > 3 * float(diff.mean())  # undistortion made a difference
 
 
 def _tiny_scene(tmp_path, meta_top: dict, frames: list[dict], size=(12, 8)):
@@ -105,7 +108,8 @@ def _tiny_scene(tmp_path, meta_top: dict, frames: list[dict], size=(12, 8)):
     for i, frame in enumerate(frames):
         frame.setdefault("file_path", f"img/{i}.png")
         frame.setdefault("transform_matrix", np.eye(4).tolist())
-        cv2.imwrite(str(tmp_path / "s" / frame["file_path"]), rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "s" / frame["file_path"]),
+                    rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     (tmp_path / "s" / "transforms.json").write_text(json.dumps({**meta_top, "frames": frames}))
     return tmp_path / "s"
 
@@ -115,16 +119,20 @@ def test_intrinsics_keys_and_per_frame_overrides(tmp_path):
     pose = np.eye(4)
     pose[:3, 3] = [1.0, 2.0, 3.0]
     folder = _tiny_scene(tmp_path, {"camera_angle_x": angle, "scale": 0.5, "offset": [0.1, 0.2, 0.3]},
-                         [{"transform_matrix": pose.tolist()}, {"fl_x": 20.0, "fl_y": 22.0, "cx": 5.0, "cy": 3.5}])
+                         [{"transform_matrix": pose.tolist()},
+                          {"fl_x": 20.0, "fl_y": 22.0, "cx": 5.0, "cy": 3.5}])
     scene = load_instant_ngp(folder, "all", cache=False)
     f = 0.5 * 12 / math.tan(0.5 * angle)
     torch.testing.assert_close(scene.cameras.K[0], torch.tensor([[f, 0, 6.0], [0, f, 4.0], [0, 0, 1]]))
     torch.testing.assert_close(scene.cameras.K[1], torch.tensor([[20.0, 0, 5.0], [0, 22.0, 3.5], [0, 0, 1]]))
-    np.testing.assert_allclose(scene.cameras.c2w[0].numpy(), _ngp_reference(pose, 0.5, (0.1, 0.2, 0.3)), atol=1e-6)
+    np.testing.assert_allclose(scene.cameras.c2w[0].numpy(), _ngp_reference(pose, 0.5, (0.1, 0.2, 0.3)),
+                               atol=1e-6)
     # an explicit aabb replaces scale/offset so that the box fits [0, 1]^3
-    folder2 = _tiny_scene(tmp_path / "b", {"fl_x": 10.0, "aabb": [[-2, -1, 0], [2, 1, 1]]}, [{"transform_matrix": pose.tolist()}])
+    folder2 = _tiny_scene(tmp_path / "b", {"fl_x": 10.0, "aabb": [[-2, -1, 0], [2, 1, 1]]},
+                          [{"transform_matrix": pose.tolist()}])
     scene2 = load_instant_ngp(folder2, "all", cache=False)
-    np.testing.assert_allclose(scene2.cameras.c2w[0, :3, 3].numpy(), [(2 * 0.25 + 0.5), (3 * 0.25 + 0.375), (1 * 0.25 + 0.5)])
+    np.testing.assert_allclose(scene2.cameras.c2w[0, :3, 3].numpy(),
+                               [(2 * 0.25 + 0.5), (3 * 0.25 + 0.375), (1 * 0.25 + 0.5)])
 
 
 def test_downscale_scales_intrinsics_by_the_exact_size_ratio(tmp_path):
@@ -133,7 +141,8 @@ def test_downscale_scales_intrinsics_by_the_exact_size_ratio(tmp_path):
     W, H = 13, 9
     w, h = round(W / 2), round(H / 2)  # 6 (6.5 rounds to even), 4
     assert tuple(scene.images[0].shape[:2]) == (h, w)
-    torch.testing.assert_close(scene.cameras.K[0], torch.tensor([[30 * w / W, 0, 6.5 * w / W], [0, 31 * h / H, 4.25 * h / H],
+    torch.testing.assert_close(scene.cameras.K[0],
+                               torch.tensor([[30 * w / W, 0, 6.5 * w / W], [0, 31 * h / H, 4.25 * h / H],
                                                                  [0, 0, 1]]))
 
 
@@ -150,7 +159,8 @@ def test_bad_inputs(tmp_path):
         assert "\n" not in str(e.value)
         return str(e.value)
 
-    assert "frame 1: transform matrix must be 4x4" in error(lambda d: d["frames"][1].update(transform_matrix=[[1, 0], [0, 1]]))
+    not_4x4 = error(lambda d: d["frames"][1].update(transform_matrix=[[1, 0], [0, 1]]))
+    assert "frame 1: transform matrix must be 4x4" in not_4x4
     assert "image is 12x8 but the JSON says w=16.0" in error(lambda d: d.update(w=16))
     assert "no focal length" in error(lambda d: d.pop("fl_x"))
     assert "fl_x must be a finite number" in error(lambda d: d.update(fl_x="big"))

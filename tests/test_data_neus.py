@@ -1,4 +1,5 @@
-"""NeuS / DTU loader on a scene written the way DTU's cameras_sphere.npz is: world_mat = K [R | t], scale_mat."""
+"""NeuS / DTU loader on a scene written the way DTU's cameras_sphere.npz is: world_mat = K [R | t],
+scale_mat."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def dtu_like(tmp_path):
         npz[f"world_mat_{i}"], npz[f"scale_mat_{i}"] = world_mat, scale_mat
         npz[f"camera_mat_{i}"] = np.eye(4)
         Ks.append(K), c2ws.append(c2w)
-        cv2.imwrite(str(tmp_path / "scan" / "image" / f"{i:06d}.png"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "scan" / "image" / f"{i:06d}.png"),
+                    rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
         mask = np.zeros((H, W, 3), np.uint8)
         mask[5 + i : 20, 8:30] = 255
         cv2.imwrite(str(tmp_path / "scan" / "mask" / f"{i:03d}.png"), mask)
@@ -64,8 +66,8 @@ def test_recovers_K_and_normalised_c2w(dtu_like):
         K_expected[:2, 2] += 0.5  # NeuS samples pixel (i, j) at (i, j); ngraphics at (i + 0.5, j + 0.5)
         np.testing.assert_allclose(scene.cameras.K[i].double().numpy(), K_expected, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(scene.cameras.c2w[i, :3, :3].double().numpy(), c2ws[i][:3, :3], atol=1e-5)
-        np.testing.assert_allclose(scene.cameras.c2w[i, :3, 3].double().numpy(), (c2ws[i][:3, 3] - centre) / radius,
-                                   atol=1e-5)
+        np.testing.assert_allclose(scene.cameras.c2w[i, :3, 3].double().numpy(),
+                                   (c2ws[i][:3, 3] - centre) / radius, atol=1e-5)
     torch.testing.assert_close(scene.aabb, torch.tensor([[-1.0] * 3, [1.0] * 3]))
 
 

@@ -75,7 +75,8 @@ def test_images_alpha_and_background(small):
     assert bool((white[empty] == 1).all()) and bool((black[empty] == 0).all())
     assert torch.equal(white[full], black[full])
     assert small.background == "white"
-    assert load_procedural("test", resolution=8, n_views=1, background="random", mesh_resolution=0).background == "random"
+    scene = load_procedural("test", resolution=8, n_views=1, background="random", mesh_resolution=0)
+    assert scene.background == "random"
 
 
 def test_deterministic_given_seed():
@@ -110,11 +111,13 @@ def test_dynamic_scene_moves_and_stays_consistent():
         origins, dirs = cams.image_rays(i)
         mask = views["mask"][i].reshape(-1) > 0
         z = views["depth"][i].reshape(-1)[mask].double()
-        points = origins[mask].double() + (z / (dirs[mask].double() @ cams.c2w[i, :3, 2].double()))[:, None] * dirs[mask].double()
+        d = dirs[mask].double()
+        points = origins[mask].double() + (z / (d @ cams.c2w[i, :3, 2].double()))[:, None] * d
         assert float(scene.sdf(points, t).abs().max()) < 2e-4
     data = load_procedural("train", resolution=8, n_views=4, dynamic=True)
     assert data.time is not None and data.time.shape == (4,) and data.surface is None
-    assert bool((data.time[1:] > data.time[:-1]).all()) and 0 <= float(data.time.min()) and float(data.time.max()) <= 1
+    assert bool((data.time[1:] > data.time[:-1]).all())
+    assert 0 <= float(data.time.min()) and float(data.time.max()) <= 1
 
 
 def test_load_dataset_default_is_procedural():

@@ -34,7 +34,10 @@ def f32_nearest(v: Fraction) -> float:
     """The float32 nearest to the rational v (ties to even): one exact rounding, like fmaf."""
     c = np.float32(float(v))
     candidates = (np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf)))
-    key = lambda f: (abs(Fraction(float(f)) - v), int(np.array(f, np.float32).view(np.uint32)) & 1)
+
+    def key(f):  # nearest, ties to the even bit pattern
+        return abs(Fraction(float(f)) - v), int(np.array(f, np.float32).view(np.uint32)) & 1
+
     return float(min(candidates, key=key))
 
 
@@ -58,7 +61,8 @@ def oracle_levels(D: int, cfg: dict) -> tuple[list[dict], int]:
     return levels, offset * F
 
 
-def oracle_index(cell: list[int], grid_type: str, res: int, size: int, hash_type: str = "CoherentPrime") -> int:
+def oracle_index(cell: list[int], grid_type: str, res: int, size: int,
+                 hash_type: str = "CoherentPrime") -> int:
     index, stride, d = 0, 1, 0
     while d < len(cell) and stride <= size:
         index = (index + cell[d] * stride) & M32
@@ -79,8 +83,10 @@ def oracle_encode(x: np.ndarray, params: np.ndarray, cfg: dict, float32_position
     assert params.shape == (n_params,)
     out = np.zeros((N, len(levels) * F))
     for i in range(N):
-        for l, lv in enumerate(levels):
-            table = params[lv["offset"] * F:(lv["offset"] + lv["size"]) * F].reshape(lv["size"], F).astype(np.float64)
+        for level, lv in enumerate(levels):
+            rows = params[lv["offset"] * F:(lv["offset"] + lv["size"]) * F]
+            table = rows.reshape(lv["size"], F).astype(np.float64)
+            cols = slice(level * F, (level + 1) * F)
             exact = [Fraction(lv["scale"]) * Fraction(float(v)) + Fraction(1, 2) for v in x[i]]
             pos = [f32_nearest(e) if float32_positions else float(e) for e in exact]
             lower = [math.floor(p) for p in pos]
@@ -88,7 +94,8 @@ def oracle_encode(x: np.ndarray, params: np.ndarray, cfg: dict, float32_position
             if cfg["interpolation"] == "Smoothstep":
                 frac = [f * f * (3 - 2 * f) for f in frac]
             if cfg["interpolation"] == "Nearest":
-                out[i, l * F:(l + 1) * F] = table[oracle_index([g & M32 for g in lower], cfg["type"], lv["res"], lv["size"], hash_type)]
+                cell = [g & M32 for g in lower]
+                out[i, cols] = table[oracle_index(cell, cfg["type"], lv["res"], lv["size"], hash_type)]
                 continue
             acc = np.zeros(F)
             for corner in range(2**D):
@@ -96,7 +103,7 @@ def oracle_encode(x: np.ndarray, params: np.ndarray, cfg: dict, float32_position
                 weight = math.prod(frac[d] if bits[d] else 1 - frac[d] for d in range(D))
                 cell = [(lower[d] + bits[d]) & M32 for d in range(D)]
                 acc += weight * table[oracle_index(cell, cfg["type"], lv["res"], lv["size"], hash_type)]
-            out[i, l * F:(l + 1) * F] = acc
+            out[i, cols] = acc
     return out
 
 
@@ -110,7 +117,8 @@ def small_config(grid_type: str, D: int, F: int, interpolation: str) -> dict:
 def sample_points(D: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """Random points in [-0.01, 1.01]^D plus exact 0 and 1 and far-outside rows (negative cells wrap)."""
     x = torch.rand(n, D, generator=gen) * 1.02 - 0.01
-    special = torch.tensor([[0.0] * D, [1.0] * D, [-0.3] * D, [1.3] * D, [0.0, 1.0] * (D // 2) + [0.5] * (D % 2)])
+    special = torch.tensor([[0.0] * D, [1.0] * D, [-0.3] * D, [1.3] * D,
+                            [0.0, 1.0] * (D // 2) + [0.5] * (D % 2)])
     return torch.cat([special, x]).float()
 
 
@@ -229,7 +237,8 @@ def test_param_count_dense_and_tiled_by_hand():
     entries = 8 + 16 + 64 + 256 + 1024 + 4096 + 16384 + 65536
     assert grid_spec(2, {"otype": "DenseGrid", "n_levels": 8, "n_features_per_level": 8,
                          "base_resolution": 2}).n_params == entries * 8 == 699072
-    # Dense 2D, one level, base 1: scale 0, res 1, 1 entry -> 8; times F=8 -> 64 (same issue, tcnn printed 64).
+    # Dense 2D, one level, base 1: scale 0, res 1, 1 entry -> 8; times F=8 -> 64 (same issue, tcnn printed
+    # 64).
     assert grid_spec(2, {"otype": "Grid", "type": "Dense", "n_levels": 1, "n_features_per_level": 8,
                          "base_resolution": 1}).n_params == 8 * 8
     # TiledGrid 3D, base 4, scale 2, 3 levels, F=2: res 4, 8, 16 -> 64, 512, 4096 entries, each capped at
@@ -279,7 +288,8 @@ def test_gradcheck_params_and_x(grid_type, D, interpolation):
 
 @pytest.mark.parametrize("grid_type,D,interpolation", GRAD_CONFIGS[:4])
 def test_gradgradcheck_eikonal_path(grid_type, D, interpolation):
-    """Second derivatives: d(dy/dx)/dparams (eikonal loss -> table) and d(dy/dx)/dx (non-zero for Smoothstep)."""
+    """Second derivatives: d(dy/dx)/dparams (eikonal loss -> table) and d(dy/dx)/dx (non-zero for
+    Smoothstep)."""
     cfg = dict(small_config(grid_type, D, 2, interpolation), n_levels=2, log2_hashmap_size={2: 4, 3: 5}[D])
     spec = grid_spec(D, cfg)
     assert grid_type != "Hash" or spec.hashmap_sizes[1] < spec.resolutions[1] ** D  # level 1 is hashed
@@ -388,7 +398,8 @@ def test_types_defaults_and_config_dict():
     dense = DenseGrid(2, {"n_levels": 8, "base_resolution": 2})
     assert dense.config_dict()["per_level_scale"] == 2.0 and dense.spec.resolutions[-1] == 256
     d = Grid(2, {"type": "Tile", "interpolation": "smoothstep", "n_levels": 2}).config_dict()
-    assert (d["otype"], d["type"], d["interpolation"], d["per_level_scale"]) == ("Grid", "Tiled", "Smoothstep", 2.0)
+    assert (d["otype"], d["type"], d["interpolation"], d["per_level_scale"]) == ("Grid", "Tiled",
+                                                                                 "Smoothstep", 2.0)
     assert HashGrid(2, {"n_features": 8, "n_features_per_level": 4}).spec.n_levels == 2  # tcnn's n_features
 
 

@@ -1,4 +1,5 @@
-"""Image IO: round trips against independent writers/readers (imageio, OpenEXR, a hand-written PNG encoder)."""
+"""Image IO: round trips against independent writers/readers (imageio, OpenEXR, a hand-written PNG
+encoder)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I",
+                                                                        zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND",
+                                                                                                    b"")
 
 
 @pytest.fixture

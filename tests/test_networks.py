@@ -121,7 +121,8 @@ def test_weights_are_views_in_tcnn_order():
         mlp.weights()[1][4, 7] = 99.0
     assert mlp.params[32 * 16 + 4 * 32 + 7].item() == 99.0
     x = torch.rand(4, 3)
-    torch.testing.assert_close(mlp_forward_torch(torch.cat([x, torch.ones(4, 13)], 1), mlp.weights(), mlp.spec),
+    torch.testing.assert_close(mlp_forward_torch(torch.cat([x, torch.ones(4, 13)], 1), mlp.weights(),
+                                                 mlp.spec),
                                mlp(x))
 
 
@@ -159,7 +160,8 @@ def test_init_matches_tcnn_stream_and_distribution():
 
 
 def test_sine_init_bounds():
-    mlp = MLP(40, 3, {"otype": "CutlassMLP", "n_neurons": 64, "n_hidden_layers": 2, "activation": "Sine"}, seed=2)
+    mlp = MLP(40, 3, {"otype": "CutlassMLP", "n_neurons": 64, "n_hidden_layers": 2, "activation": "Sine"},
+              seed=2)
     first, hidden, last = (w.detach() for w in mlp.weights())
     assert first.shape == (64, 48) and first.abs().max() <= 30 / 48 and first.abs().max() > 0.9 * 30 / 48
     assert hidden.abs().max() <= math.sqrt(6 / 64) and hidden.abs().max() > 0.9 * math.sqrt(6 / 64)
@@ -206,8 +208,10 @@ def test_config_errors_and_aliases():
     with pytest.raises(ConfigError, match="backend") as err:
         MLP(3, 1, {"otype": "MLP"}, backend="cuda")
     assert "\n" not in str(err.value)
-    mlp = create_network(3, 1, {"otype": "fullyfusedmlp", "activation": "relu", "output_activation": "SIGMOID"})
-    assert (mlp.otype, mlp.spec.activation, mlp.spec.output_activation) == ("FullyFusedMLP", "ReLU", "Sigmoid")
+    mlp = create_network(3, 1,
+                         {"otype": "fullyfusedmlp", "activation": "relu", "output_activation": "SIGMOID"})
+    assert (mlp.otype, mlp.spec.activation, mlp.spec.output_activation) == ("FullyFusedMLP", "ReLU",
+                                                                            "Sigmoid")
     assert (mlp.spec.n_neurons, mlp.spec.n_hidden_layers) == (128, 5)  # tcnn's defaults
     assert MLP(3, 1, {"otype": "MegakernelMLP", "n_neurons": 16}).otype == "FullyFusedMLP"
     assert MLP(3, 1, {"otype": "MLP", "n_neurons": 20, "n_hidden_layers": 0}).otype == "CutlassMLP"
@@ -225,7 +229,8 @@ def test_backend_selection_on_cpu(monkeypatch):
 
 def test_network_with_input_encoding_identity_and_frequency():
     net_cfg = {"otype": "FullyFusedMLP", "n_neurons": 16, "n_hidden_layers": 1, "activation": "Tanh"}
-    model = NetworkWithInputEncoding(3, 2, {"otype": "Identity", "scale": 2.0, "offset": -1.0}, net_cfg, seed=4)
+    model = NetworkWithInputEncoding(3, 2, {"otype": "Identity", "scale": 2.0, "offset": -1.0}, net_cfg,
+                                     seed=4)
     model = model.double()
     x = torch.rand(5, 3, dtype=torch.float64)
     want = oracle(model.params.detach().numpy(), (2 * x - 1).numpy(), 2, 16, 1, "Tanh", "None")
@@ -233,7 +238,8 @@ def test_network_with_input_encoding_identity_and_frequency():
     assert [n for n, _ in model.named_parameters()] == ["params"] and list(model.state_dict()) == ["params"]
 
     # Frequency: 3 dims x 2 freqs x (sin, cos) = 12 features, padded with ones to 16.
-    freq = NetworkWithInputEncoding(3, 2, {"otype": "Frequency", "n_frequencies": 2}, net_cfg, seed=4).double()
+    freq_cfg = {"otype": "Frequency", "n_frequencies": 2}
+    freq = NetworkWithInputEncoding(3, 2, freq_cfg, net_cfg, seed=4).double()
     assert freq.padded_encoding_dims == 16 and freq.n_params == 16 * 16 + 16 * 16
     feats = [np.sin(np.pi * 2**k * x.numpy()[:, d] + p) for d in range(3) for k in range(2)
              for p in (0, np.pi / 2)]
@@ -268,7 +274,8 @@ def test_network_with_hash_grid_layout_padding_and_gradients():
 
 def test_spherical_harmonics_pads_ones_in_front():
     net_cfg = {"otype": "CutlassMLP", "n_neurons": 8, "n_hidden_layers": 0}
-    model = NetworkWithInputEncoding(3, 1, {"otype": "SphericalHarmonics", "degree": 3}, net_cfg, seed=2).double()
+    sh_cfg = {"otype": "SphericalHarmonics", "degree": 3}
+    model = NetworkWithInputEncoding(3, 1, sh_cfg, net_cfg, seed=2).double()
     x = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1) * 0.5 + 0.5
     sh = model.encoding(x).detach()  # 9 features, tcnn writes 7 ones before them
     w = model.params.detach().view(16, 16)

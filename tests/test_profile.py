@@ -24,7 +24,8 @@ def test_profile_encodings_cli_writes_rows(tmp_path, capsys):
     hash_cfg, simplex_cfg = _tiny_configs(tmp_path)
     out = tmp_path / "enc.json"
     argv = ["profile", "encodings", "--device", "cpu", "--encodings", f"{hash_cfg},{simplex_cfg},Frequency",
-            "--dims", "2,3", "--batch-sizes", "2^6..2^7", "--backends", "torch,triton,tcnn", "--json", str(out)]
+            "--dims", "2,3", "--batch-sizes", "2^6..2^7", "--backends", "torch,triton,tcnn", "--json",
+            str(out)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
@@ -36,10 +37,12 @@ def test_profile_encodings_cli_writes_rows(tmp_path, capsys):
         if r["backend"] == "torch":
             assert r["status"] == "ok" and r["forward_ms"] > 0 and r["forward_vs_torch"] == 1.0
             assert r["forward_pts_per_s"] == pytest.approx(r["batch_size"] / (r["forward_ms"] * 1e-3))
-            assert (r.get("fwd_bwd_ms") is None) == (r["name"] == "Frequency")  # no parameters, no input grads
+            # Frequency has no parameters (and no input gradients were asked for): no fwd+bwd timing
+            assert (r.get("fwd_bwd_ms") is None) == (r["name"] == "Frequency")
         else:  # no CUDA on the test machine: triton and tinycudann cannot run, and say why
             assert r["status"] == "n/a" and r["reason"] and r.get("forward_ms") is None
-    assert {r["n_output_dims"] for r in rows if r["name"] == "HashGrid(tiny_hash)" and "n_output_dims" in r} == {4}
+    widths = {r["n_output_dims"] for r in rows if r["name"] == "HashGrid(tiny_hash)" and "n_output_dims" in r}
+    assert widths == {4}
     printed = capsys.readouterr().out
     assert "HashGrid(tiny_hash)" in printed and "triton: n/a" in printed and "tcnn: n/a" in printed
 
@@ -60,13 +63,15 @@ def test_profile_mlp_and_encoding_mlp(tmp_path):
     assert main(["profile", "encoding-mlp", "--device", "cpu", "--encodings", str(hash_cfg), "--dims", "3",
                  "--batch-sizes", "64", "--backends", "torch", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["status"] == "ok" and row["name"] == "HashGrid(tiny_hash)+MLP64x2" and row["n_output_dims"] == 16
+    assert row["status"] == "ok" and row["name"] == "HashGrid(tiny_hash)+MLP64x2"
+    assert row["n_output_dims"] == 16
 
 
 def test_profile_bad_arguments_are_one_line(capsys):
     from ngraphics.cli import main
 
-    assert main(["profile", "encodings", "--device", "cpu", "--encodings", "HashGird", "--batch-sizes", "8"]) == 2
+    argv = ["profile", "encodings", "--device", "cpu", "--encodings", "HashGird", "--batch-sizes", "8"]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "HashGird" in err and "HashGrid" in err
     assert main(["profile", "encodings", "--device", "cpu", "--backends", "torch,cuda"]) == 2
@@ -86,7 +91,8 @@ def test_parse_sizes():
 def test_format_table_aligns_and_marks_missing():
     text = format_table([{"a": "x", "b": 1.5}, {"a": "long", "b": None}], [("a", "name"), ("b", "ms")])
     lines = text.splitlines()
-    assert lines[0].split() == ["name", "ms"] and lines[2].split() == ["x", "1.5"] and lines[3].split() == ["long", "n/a"]
+    assert lines[0].split() == ["name", "ms"] and lines[2].split() == ["x", "1.5"]
+    assert lines[3].split() == ["long", "n/a"]
     assert len({len(line) for line in lines[1:]}) == 1  # numbers right-aligned to one width
 
 

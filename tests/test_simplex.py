@@ -259,7 +259,10 @@ def test_gradcheck_params_and_x(d):
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(5, d, generator=gen, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
     params = (torch.rand(spec.n_params, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
-    fn = lambda x, p: simplex_encode_torch(x, p, spec)
+
+    def fn(x, p):
+        return simplex_encode_torch(x, p, spec)
+
     assert torch.autograd.gradcheck(fn, (x, params))
     assert torch.autograd.gradgradcheck(fn, (x, params))
     grad_x = torch.autograd.grad(fn(x, params).square().sum(), x, create_graph=True)[0]

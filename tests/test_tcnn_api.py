@@ -85,7 +85,8 @@ def test_sample_program_learns_an_image(tmp_path, one_thread):
 
     # The other tinycudann style: a separate Encoding and Network, chained.
     encoding = tcnn.Encoding(n_input_dims=2, encoding_config=config["encoding"])
-    network = tcnn.Network(n_input_dims=encoding.n_output_dims, n_output_dims=3, network_config=config["network"])
+    network = tcnn.Network(n_input_dims=encoding.n_output_dims, n_output_dims=3,
+                           network_config=config["network"])
     chained = torch.nn.Sequential(encoding, network)
     out = chained(probe)
     assert out.shape == (512, 3) and out.dtype == torch.float32

@@ -193,8 +193,10 @@ def test_pcg32_reference_and_vector_paths():
 
 
 def test_config_errors_and_aliases():
-    with pytest.raises(ConfigError, match="16, 32, 64 or 128"):
-        MLP(3, 1, {"otype": "FullyFusedMLP", "n_neurons": 48})
+    assert MLP(3, 1, {"otype": "FullyFusedMLP", "n_neurons": 48}).n_params == 48 * 16 + 48 * 48 * 4 + 16 * 48
+    for width in (40, 144):
+        with pytest.raises(ConfigError, match="multiples of 16 up to 128"):
+            MLP(3, 1, {"otype": "FullyFusedMLP", "n_neurons": width})
     with pytest.raises(ConfigError, match="at least 1 hidden layer"):
         MLP(3, 1, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 0})
     with pytest.raises(ConfigError, match="did you mean n_neurons"):

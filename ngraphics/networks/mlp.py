@@ -2,7 +2,8 @@
 
 Config (tcnn `DOCUMENTATION.md`, `src/network.cu`): `{"otype": "FullyFusedMLP", "activation": "ReLU",
 "output_activation": "None", "n_neurons": 128, "n_hidden_layers": 5}` (those are tcnn's defaults).
-`otype` is `FullyFusedMLP` (alias `MegakernelMLP`; n_neurons 16, 32, 64 or 128, at least one hidden layer)
+`otype` is `FullyFusedMLP` (alias `MegakernelMLP`; n_neurons any multiple of 16 up to 128 — tcnn itself
+only builds 16, 32, 64 and 128, and the Triton kernel runs them all — at least one hidden layer)
 or `CutlassMLP` (alias `MLP`; any width, 0 hidden layers allowed), matched case-insensitively like
 activation names. Both compute the same function; the name only sets which configs are legal, so tcnn
 configs and checkpoints carry over unchanged.
@@ -48,7 +49,7 @@ NETWORK_TYPES = {  # tcnn otype -> the implementation whose rules apply
     "CutlassMLP": "CutlassMLP",
     "MLP": "CutlassMLP",
 }
-FULLY_FUSED_WIDTHS = (16, 32, 64, 128)
+FULLY_FUSED_WIDTHS = tuple(range(16, 129, 16))  # tcnn: 16, 32, 64, 128 only
 ALIGNMENT = 16  # tcnn pads network input and output widths to multiples of 16 (REQUIRED_ALIGNMENT)
 K_ACT = 10.0  # tcnn's sharpness of Squareplus and Softplus
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -243,7 +244,7 @@ class MLP(nn.Module):
         if self.otype == "FullyFusedMLP":
             if cfg.n_neurons not in FULLY_FUSED_WIDTHS:
                 raise ConfigError(
-                    f"{where}.n_neurons: FullyFusedMLP supports 16, 32, 64 or 128 neurons, "
+                    f"{where}.n_neurons: FullyFusedMLP supports multiples of 16 up to 128 neurons, "
                     f"got {cfg.n_neurons} (use otype CutlassMLP for other widths)"
                 )
             if cfg.n_hidden_layers < 1:

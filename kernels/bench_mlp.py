@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from ngraphics.networks.mlp import MLPSpec, mlp_forward_torch
+from ngraphics.profiling.timing import time_fn
 
 TCNN_MS = {"mlp fwd": 1.141, "mlp fwd+bwd": 3.280, "hashgrid+mlp fwd+bwd": 11.12}
 NETWORK = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
@@ -35,22 +34,7 @@ DEVICE = "cuda"  # --device cpu (with TRITON_INTERPRET=1) dry-runs every code pa
 
 def cuda_time(fn, reps: int, warmup: int) -> float:
     """Median milliseconds of `reps` CUDA-event-timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if DEVICE != "cuda":
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_fn(fn, DEVICE, warmup=warmup, min_repeats=reps, max_repeats=reps, min_time_s=0.0).median_ms
 
 
 def mlp_inputs(n: int, dtype=torch.float16):

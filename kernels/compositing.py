@@ -132,8 +132,8 @@ class CompositeFn(torch.autograd.Function):
         rgb = torch.empty(R, 3, dtype=torch.float32, device=dev)
         acc = torch.empty(R, dtype=torch.float32, device=dev)
         dep = torch.empty(R, dtype=torch.float32, device=dev)
-        w = torch.empty(N, dtype=torch.float32, device=dev)
-        T = torch.empty(N, dtype=torch.float32, device=dev)
+        w = torch.zeros(N, dtype=torch.float32, device=dev)  # zeros: entries past offsets[-1] (padding of
+        T = torch.empty(N, dtype=torch.float32, device=dev)  # fixed-size buffers) belong to no ray
         if R:
             _composite_fwd_kernel[(triton.cdiv(R, TUNING["block"]),)](
                 sigmas, rgbs, t_starts, t_ends, offsets, rgb, acc, dep, w, T, R,
@@ -159,8 +159,8 @@ class CompositeFn(torch.autograd.Function):
         g_rgb, g_acc, g_dep = dense(g_rgb, (R, 3)), dense(g_acc, (R,)), dense(g_dep, (R,))
         has_gw = g_w is not None
         g_w = g_w.float().contiguous() if has_gw else g_acc
-        d_sig = torch.empty(N, dtype=torch.float32, device=dev)
-        d_rgb = torch.empty(N, 3, dtype=torch.float32, device=dev)
+        d_sig = torch.zeros(N, dtype=torch.float32, device=dev)  # padding past offsets[-1] gets no gradient
+        d_rgb = torch.zeros(N, 3, dtype=torch.float32, device=dev)
         if R and N:
             _composite_bwd_kernel[(triton.cdiv(R, TUNING["block"]),)](
                 sigmas, rgbs, t_starts, t_ends, offsets, T, g_rgb, g_acc, g_dep, g_w, d_sig, d_rgb, R,
@@ -185,7 +185,7 @@ def composite_triton(
         rgbs: colours. (N, 3) float in [0, 1].
         t_starts, t_ends: segment bounds along the ray. (N,) float, world units, t_starts <= t_ends.
         ray_indices: ray of each sample. (N,) int64, sorted ascending (consistent with offsets; unused here).
-        offsets: packed offsets. (R + 1,) int64.
+        offsets: packed offsets. (R + 1,) int64. Entries past offsets[-1] (padding) get weight 0, gradient 0.
         background: colour behind each ray. (R, 3) or (3,) float, or None for black.
     Returns: dict rgb (R, 3), alpha (R,), depth (R,), weights (N,), all float32.
     Differentiable w.r.t. sigmas, rgbs and background; not w.r.t. t_starts/t_ends.

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from ngraphics.backends import triton_interpreter
 from ngraphics.rendering.compositing import offsets_from_counts
-from ngraphics.rendering.marching import DensityFn, RaySamples, ray_aabb, steps_to_cover
+from ngraphics.rendering.marching import DensityFn, RaySamples, fit_to_capacity, ray_aabb, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyGrid
 
 try:  # libdevice is what torch's CUDA exp/log2 compile to; the interpreter has no libdevice
@@ -140,8 +140,9 @@ def _march_kernel(o_ptr, d_ptr, t0_ptr, tfar_ptr, rule_ptr, geom_ptr, binary_ptr
     hx = tl.load(geom_ptr + 3)
     hy = tl.load(geom_ptr + 4)
     hz = tl.load(geom_ptr + 5)
-    if FILL:
+    if FILL:  # a ray writes within [offsets[r], offsets[r + 1]): nothing for rays cut from a fixed buffer
         base = tl.load(offsets_ptr + rays, mask=live, other=0)
+        limit = tl.load(offsets_ptr + rays + 1, mask=live, other=0)
 
     k = tl.zeros([BLOCK], dtype=tl.int32)
     n = tl.zeros([BLOCK], dtype=tl.int32)
@@ -192,9 +193,10 @@ def _march_kernel(o_ptr, d_ptr, t0_ptr, tfar_ptr, rule_ptr, geom_ptr, binary_ptr
         emit = active & inside & occ
         if FILL:
             at = base + n
-            tl.store(ts_ptr + at, ts, mask=emit)
-            tl.store(te_ptr + at, te, mask=emit)
-            tl.store(ri_ptr + at, rays, mask=emit)
+            fits = emit & (at < limit)
+            tl.store(ts_ptr + at, ts, mask=fits)
+            tl.store(te_ptr + at, te, mask=fits)
+            tl.store(ri_ptr + at, rays, mask=fits)
         n += emit.to(tl.int32)
 
         # Empty cell: jump to the first candidate whose end edge passes the cell's (shrunk) exit.
@@ -266,14 +268,17 @@ def march_triton(
     alpha_thre: float = 0.0,
     jitter: bool = False,
     max_steps: int = 4096,
+    capacity: int | None = None,
+    candidate_capacity: int | None = None,
 ) -> RaySamples:
     """Samples along rays in occupied space, front to back: `ngraphics.rendering.marching.march` on the GPU.
 
     Args: as `march` (origins, directions: (R, 3) float32 unit rays; grid; step_size, near, far, cone_angle,
         max_step in world units; density_fn `(t_starts, t_ends, ray_indices) -> sigmas (N,)`; early_stop_eps;
-        alpha_thre; jitter; max_steps).
+        alpha_thre; jitter; max_steps; capacity, candidate_capacity).
     Returns: RaySamples (ray_indices (N,) int64 sorted, t_starts / t_ends (N,) float32, offsets (R + 1,)).
-    Host syncs: the box diagonal (as the reference), the sample total, and with density_fn one `nonzero`.
+    Host syncs: without capacity, the sample total and with density_fn one `nonzero`; with capacity none
+    (the fill pass writes straight into the candidate buffer, rays past it are cut whole).
     """
     device = origins.device
     R = origins.shape[0]
@@ -287,8 +292,7 @@ def march_triton(
     hit = t_far > t_near
     if jitter:
         t_near = t_near + torch.rand_like(t_near) * step_size
-    diagonal = float((aabb[1] - aabb[0]).norm())
-    S = min(max_steps, steps_to_cover(float(near), diagonal, step_size, cone_angle, max_step))
+    S = min(max_steps, steps_to_cover(float(near), grid.outer_diagonal, step_size, cone_angle, max_step))
     t_far = torch.where(hit, t_far, torch.full_like(t_far, -math.inf)).contiguous()
     t0 = t_near.float().contiguous()
 
@@ -322,17 +326,27 @@ def march_triton(
     else:
         counts.zero_()
     offsets = offsets_from_counts(counts.to(torch.int64))
-    N = int(offsets[-1])  # host sync: buffer size
-    t_starts = torch.empty(N, dtype=torch.float32, device=device)
-    t_ends = torch.empty(N, dtype=torch.float32, device=device)
-    ray_indices = torch.empty(N, dtype=torch.int64, device=device)
-    if N:
+    if capacity is None:
+        N = int(offsets[-1])  # host sync: buffer size
+        n_fit = None
+        t_starts = torch.empty(N, dtype=torch.float32, device=device)
+        t_ends = torch.empty(N, dtype=torch.float32, device=device)
+        ray_indices = torch.empty(N, dtype=torch.int64, device=device)
+    else:  # rays whose samples fit, whole and in order; the rest keep zero-length padding (fit_to_capacity)
+        N = candidate_capacity or capacity
+        n_fit = (offsets[1:] <= N).sum()
+        offsets = offsets.clamp(max=offsets[n_fit])
+        t_starts = torch.zeros(N, dtype=torch.float32, device=device)
+        t_ends = torch.zeros(N, dtype=torch.float32, device=device)
+        ray_indices = torch.full((N,), max(R - 1, 0), dtype=torch.int64, device=device)
+    if N and R:
         _march_kernel[launch](origins, directions, t0, t_far, rule, geom, binary, offsets, counts,
                               t_starts, t_ends, ray_indices, R, S, step_size, growth, max_step, FILL=True,
                               **consts)
-    samples = RaySamples(ray_indices, t_starts, t_ends, offsets)
-    if density_fn is None or N == 0 or (early_stop_eps <= 0.0 and alpha_thre <= 0.0):
-        return samples
+    samples = RaySamples(ray_indices, t_starts, t_ends, offsets, n_fit)
+    early_stop = density_fn is not None and (early_stop_eps > 0.0 or alpha_thre > 0.0)
+    if not early_stop or N == 0:
+        return samples if capacity is None else fit_to_capacity(samples, capacity)
     with torch.no_grad():
         sigmas = density_fn(t_starts, t_ends, ray_indices).reshape(-1).float().contiguous()
     keep = torch.zeros(N, dtype=torch.int8, device=device)
@@ -340,6 +354,8 @@ def march_triton(
                                USE_EPS=early_stop_eps > 0.0, USE_THRE=alpha_thre > 0.0,
                                ACCURATE=not triton_interpreter(), BLOCK=TUNING["block"],
                                num_warps=TUNING["warps"])
+    if capacity is not None:
+        return fit_to_capacity(samples, capacity, keep.bool())
     idx = torch.nonzero(keep)[:, 0]  # host sync
     return RaySamples(ray_indices[idx], t_starts[idx], t_ends[idx],
                       offsets_from_counts(counts.to(torch.int64)))

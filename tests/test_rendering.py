@@ -10,7 +10,7 @@ import torch
 from ngraphics.cameras import Cameras
 from ngraphics.rendering.camera_paths import focus_point, make_path, orbit
 from ngraphics.rendering.compositing import composite, offsets_from_counts
-from ngraphics.rendering.marching import march, ray_aabb, step_edges, steps_to_cover
+from ngraphics.rendering.marching import RaySamples, fit_to_capacity, march, ray_aabb, step_edges, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyGrid
 
 
@@ -154,6 +154,95 @@ def test_march_stops_early_at_the_transmittance_threshold():
     # without a density callback, nothing is dropped
     s3 = march(origins, directions, grid, step_size=step)
     assert ((s3.counts - 512).abs() <= 1).all()
+
+
+def _fit_loop(counts: list[int], keep: list[bool], capacity: int, n_valid: int | None):
+    """fit_to_capacity by hand: kept samples of whole rays, in order, while their total fits."""
+    kept, total, n_fit, start = [], 0, 0, 0
+    for r, n in enumerate(counts):
+        mine = [start + i for i in range(n) if keep[start + i]]
+        start += n
+        if (n_valid is not None and r >= n_valid) or total + len(mine) > capacity:
+            break
+        kept += mine
+        total += len(mine)
+        n_fit = r + 1
+    return kept, n_fit
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_fit_to_capacity_matches_a_loop(trial):
+    gen = torch.Generator().manual_seed(trial)
+    R = 9
+    counts = torch.randint(0, 7, (R,), generator=gen)
+    counts[torch.rand(R, generator=gen) < 0.2] = 0
+    ray_indices, offsets, t_starts, t_ends = _packed(counts.tolist())
+    N = len(ray_indices)
+    pad = 5  # already padded input (a previous fit): entries past offsets[-1] must be ignored
+    samples = RaySamples(torch.cat([ray_indices, torch.full((pad,), R - 1)]), torch.cat([t_starts, torch.rand(pad)]),
+                         torch.cat([t_ends, torch.rand(pad) + 1]), offsets,
+                         torch.tensor(R - trial % 2))  # odd trials: the last ray is already cut
+    keep = torch.rand(N + pad, generator=gen) < 0.7
+    capacity = int(torch.randint(1, N + 3, (), generator=gen))
+    got = fit_to_capacity(samples, capacity, keep)
+    want, n_fit = _fit_loop(counts.tolist(), keep[:N].tolist(), capacity, R - trial % 2)
+    n = len(want)
+    assert len(got) == capacity and int(got.n_valid_rays) == n_fit and int(got.n_samples) == n
+    assert torch.equal(got.ray_indices[:n], ray_indices[want]) and torch.equal(got.t_starts[:n], t_starts[want])
+    assert torch.equal(got.t_ends[:n], t_ends[want])
+    assert (got.ray_indices[n:] == R - 1).all() and (got.t_starts[n:] == 0).all() and (got.t_ends[n:] == 0).all()
+    assert torch.equal(got.offsets[1:] - got.offsets[:-1],
+                       torch.bincount(ray_indices[want], minlength=R))  # packing agrees with the samples
+    assert int(got.n_candidates) == int(counts[:n_fit].sum())
+    assert got.ray_valid().tolist() == [r < n_fit for r in range(R)]
+
+
+def test_padded_samples_composite_like_the_unpadded_ones():
+    ray_indices, offsets, t_starts, t_ends = _packed([3, 0, 4, 2])
+    samples = RaySamples(ray_indices, t_starts, t_ends, offsets)
+    padded = fit_to_capacity(samples, len(samples) + 6)
+    sig = torch.rand(len(padded)) * 5
+    rgb = torch.rand(len(padded), 3)
+    bg = torch.rand(4, 3)
+
+    def run(s, sigmas, rgbs):
+        sigmas, rgbs = sigmas.clone().requires_grad_(True), rgbs.clone().requires_grad_(True)
+        out = composite(sigmas, rgbs, s.t_starts, s.t_ends, s.ray_indices, s.offsets, bg, backend="torch")
+        (out["rgb"].sum() + out["depth"].sum()).backward()
+        return out, sigmas.grad, rgbs.grad
+
+    a, ga_s, ga_c = run(samples, sig[: len(samples)], rgb[: len(samples)])
+    b, gb_s, gb_c = run(padded, sig, rgb)
+    for key in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(b[key], a[key])
+    n = len(samples)
+    torch.testing.assert_close(gb_s[:n], ga_s)
+    torch.testing.assert_close(gb_c[:n], ga_c)
+    assert (gb_s[n:] == 0).all() and (gb_c[n:] == 0).all() and (b["weights"][n:] == 0).all()
+
+
+def test_march_with_capacity_is_the_fit_of_the_full_march():
+    grid = OccupancyGrid(torch.tensor([[0.0] * 3, [1.0] * 3]), resolution=8, levels=1)
+    origins = torch.cat([torch.full((6, 1), -1.0), torch.rand(6, 2)], 1)
+    directions = torch.tensor([[1.0, 0.0, 0.0]]).expand(6, 3)
+
+    def sigma_fn(t_starts, t_ends, ray_indices):
+        x = origins[ray_indices, 0] + 0.5 * (t_starts + t_ends)
+        return torch.where(x >= 0.4 + 0.05 * ray_indices, 30.0, 0.0)
+
+    kw = dict(step_size=1 / 64, density_fn=sigma_fn, early_stop_eps=1e-2)
+    full = march(origins, directions, grid, **dict(kw, density_fn=None))  # 64 candidates per ray
+    stopped = march(origins, directions, grid, **kw)
+    got = march(origins, directions, grid, capacity=100, candidate_capacity=4 * 64 + 10, **kw)
+    # the candidate buffer holds 4 whole rays; of those, the early-stopped samples of as many as fit in 100
+    assert full.counts.tolist() == [64] * 6 and int(got.n_candidates) == int(got.n_valid_rays) * 64
+    ends = torch.cumsum(stopped.counts[:4], 0)
+    n_fit = int((ends <= 100).sum())
+    assert 1 <= n_fit < 4 and int(got.n_valid_rays) == n_fit  # the test cuts rays at both stages' limits
+    keep_rays = stopped.ray_indices < n_fit
+    assert int(got.n_samples) == int(keep_rays.sum())
+    assert torch.equal(got.t_starts[: int(got.n_samples)], stopped.t_starts[keep_rays])
+    assert torch.equal(got.offsets[: n_fit + 1], stopped.offsets[: n_fit + 1])
 
 
 def test_occupancy_update_marks_a_sphere_and_decays():

@@ -2,12 +2,17 @@
 
 One training step:
     1. every `occupancy.update_every` steps, refresh the occupancy grid from the field's density;
-    2. march the batch's rays through occupied cells (jittered starts), dropping samples behind the
-       early-stop point with a no-grad density pass (nerfacc's `sigma_fn`);
-    3. evaluate the field on the remaining samples, composite over the batch's backgrounds (random per ray for
-       RGBA data, so the model cannot paint the background into the volume);
-    4. Huber (smooth L1) loss against the targets, backward, Adam (lr 1e-2, eps 1e-15), then pick the next
-       batch's ray count so that it holds about `target_samples` samples (instant-ngp's rule).
+    2. march the batch's rays through occupied cells (jittered starts) into a candidate buffer, drop the
+       samples behind the early-stop point with a no-grad density pass (nerfacc's `sigma_fn`), and pack the
+       rest into a buffer of exactly `target_samples` samples (instant-ngp's fixed training batch: rays that
+       do not fit are cut whole and left out of the loss, unused entries are zero-length padding);
+    3. evaluate the field on that buffer, composite over the batch's backgrounds (random per ray for RGBA
+       data, so the model cannot paint the background into the volume);
+    4. Huber (smooth L1) loss against the targets over the rays that fit, backward, Adam (lr 1e-2, eps
+       1e-15), then size the next batch: rays so that it holds about `target_samples` samples, candidates
+       so that the marcher's buffer holds them (instant-ngp's rule).
+Nothing in a step waits for the GPU: the buffer sizes are fixed or come from counts copied back
+asynchronously a step or two late (`LaggedReadout`), so the host queues the next step while the GPU works.
 Learning rate: linear warm-up over `warmup_steps`, then x `lr_decay` at progress 0.5, 0.75 and 0.9 (nerfacc's
 schedule, on the trainer's progress so time budgets work too).
 
@@ -19,6 +24,7 @@ with distance (cone_angle 1/256) and a hash grid over the whole aabb_scale cube.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import ClassVar, Literal
@@ -31,7 +37,7 @@ from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
 from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
 from ngraphics.rendering.compositing import composite
-from ngraphics.rendering.marching import RaySamples, march
+from ngraphics.rendering.marching import RaySamples, march, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
 from ngraphics.training.metrics import psnr_from_mse
 
@@ -123,6 +129,9 @@ class NeRF:
         self.near = scene.near if config.near < 0 else config.near
         self.far = 1e10 if config.far < 0 else config.far
         self.rays_per_batch = config.initial_rays
+        self.candidates_per_ray = float(steps_to_cover(float(self.near), self.grid.outer_diagonal, self.step_size,
+                                                       self.cone_angle, self.max_step))  # until measured
+        self.readout = LaggedReadout()
         groups = [
             {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
             {"params": self.field.mlp_parameters(), "weight_decay": config.weight_decay},
@@ -147,7 +156,8 @@ class NeRF:
         """Opacity of one smallest step at world points (N, 3) -> (N,)."""
         return self.field.density(x)[0] * self.step_size
 
-    def march(self, origins: torch.Tensor, directions: torch.Tensor, jitter: bool) -> RaySamples:
+    def march(self, origins: torch.Tensor, directions: torch.Tensor, jitter: bool, capacity: int | None = None,
+              candidate_capacity: int | None = None) -> RaySamples:
         def sigma_fn(t_starts, t_ends, ray_indices):
             t = 0.5 * (t_starts + t_ends)[:, None]
             return self.field.density(origins[ray_indices] + directions[ray_indices] * t)[0]
@@ -156,26 +166,32 @@ class NeRF:
             origins, directions, self.grid, step_size=self.step_size, near=self.near, far=self.far,
             cone_angle=self.cone_angle, max_step=self.max_step, density_fn=sigma_fn,
             early_stop_eps=self.config.early_stop_eps, alpha_thre=self.alpha_thre, jitter=jitter,
-            backend=self.config.backend,
+            capacity=capacity, candidate_capacity=candidate_capacity, backend=self.config.backend,
         )
+
+    def shade(self, origins: torch.Tensor, directions: torch.Tensor, samples: RaySamples,
+              background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Field at the samples, composited: composite()'s dict (rgb (R, 3), alpha (R,), depth (R,), ...)."""
+        ri = samples.ray_indices
+        t = (0.5 * (samples.t_starts + samples.t_ends))[:, None]
+        sigma, rgb = self.field(origins[ri] + directions[ri] * t, directions[ri])
+        return composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background,
+                         backend=self.config.backend)
 
     def render_rays(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,
                     jitter: bool = False) -> dict[str, torch.Tensor]:
         """Colour, opacity and depth of rays. origins, directions: (R, 3); background: (R, 3) or (3,).
         Returns composite()'s dict plus `n_samples` (int)."""
         samples = self.march(origins, directions, jitter)
-        ri = samples.ray_indices
-        t = (0.5 * (samples.t_starts + samples.t_ends))[:, None]
-        sigma, rgb = self.field(origins[ri] + directions[ri] * t, directions[ri])
-        out = composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background,
-                        backend=self.config.backend)
+        out = self.shade(origins, directions, samples, background)
         out["n_samples"] = len(samples)
         return out
 
     # --- the method interface ---------------------------------------------------------------------------------
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimisation step on a ray batch (see the module docstring). Returns 0-dim tensors."""
+        """One optimisation step on a ray batch (see the module docstring). Returns 0-dim tensors; no host
+        sync."""
         c = self.config
         step = int(batch["step"])
         self.field.train()
@@ -185,26 +201,52 @@ class NeRF:
         lr = self.lr_at(step, float(batch["progress"]))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.render_rays(batch["origins"], batch["directions"], batch["background"], jitter=True)
-        target = batch["rgb"]
+        origins, directions, target = batch["origins"], batch["directions"], batch["rgb"]
+        R = origins.shape[0]
+        samples = self.march(origins, directions, jitter=True, capacity=c.target_samples,
+                             candidate_capacity=self.candidate_capacity(R))
+        out = self.shade(origins, directions, samples, batch["background"])
+        valid = samples.ray_valid().float()  # rays cut from the fixed buffer are left out of the loss
+        n_valid = valid.sum().clamp_min(1.0)
         if c.loss == "huber":
-            loss = F.smooth_l1_loss(out["rgb"], target)
+            per_ray = F.smooth_l1_loss(out["rgb"], target, reduction="none").mean(-1)
         else:
-            loss = F.mse_loss(out["rgb"], target)
+            per_ray = F.mse_loss(out["rgb"], target, reduction="none").mean(-1)
+        loss = (per_ray * valid).sum() / n_valid
         self.optimizer.zero_grad(set_to_none=True)
-        if out["n_samples"] > 0 and self.scaler is not None:
+        if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)  # skips the step if a gradient overflowed, then lowers the scale
             self.scaler.update()
-        elif out["n_samples"] > 0:
+        else:
             loss.backward()
             self.optimizer.step()
-        n = max(out["n_samples"], 1)
-        R = batch["origins"].shape[0]
-        self.rays_per_batch = int(min(max(R * c.target_samples / n, c.min_rays), c.max_rays))
-        mse = F.mse_loss(out["rgb"].detach(), target)
+        with torch.no_grad():
+            mse = ((out["rgb"] - target).square().mean(-1) * valid).sum() / n_valid
+            counts = torch.stack([n_valid, samples.n_candidates.float(), samples.n_samples.float()])
+        self.readout.push(counts)
+        self.update_batch_size(R)
         return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse),
-                "samples_per_ray": torch.tensor(n / R), "lr": torch.tensor(lr)}
+                "samples_per_ray": counts[2] / n_valid, "lr": torch.tensor(lr)}
+
+    def candidate_capacity(self, n_rays: int) -> int:
+        """Marcher buffer for n_rays rays: 1.25 x the measured candidates per ray, in steps of 2^16 entries,
+        so that almost every ray fits."""
+        block = 1 << 16
+        return max(block, math.ceil(1.25 * n_rays * self.candidates_per_ray / block) * block)
+
+    def update_batch_size(self, n_rays: int) -> None:
+        """Pick the next batch's ray count (about target_samples samples after early stop) and candidates per
+        ray from the newest counts the GPU has handed back (a step or two old; never waits)."""
+        c = self.config
+        latest = self.readout.poll()
+        if latest is None:
+            return
+        n_valid, n_candidates, n_samples = latest
+        if n_valid >= 1:
+            self.candidates_per_ray = max(n_candidates / n_valid, 1.0)
+            per_ray = max(n_samples / n_valid, 1e-3)
+            self.rays_per_batch = int(min(max(c.target_samples / per_ray, c.min_rays), c.max_rays))
 
     @torch.no_grad()
     def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -243,3 +285,31 @@ class NeRF:
         self.rays_per_batch = int(state["rays_per_batch"])
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+
+
+class LaggedReadout:
+    """Small device tensors read back on the host a little late, without ever waiting for the GPU.
+
+    `push` starts an asynchronous copy into pinned memory (a plain copy off CUDA); `poll` returns the newest
+    copy that has landed (or None before the first). Batch sizing uses it in place of a host sync per step.
+    """
+
+    def __init__(self):
+        self.pending: deque = deque()
+        self.latest: list[float] | None = None
+
+    def push(self, values: torch.Tensor) -> None:
+        """values: (K,) float tensor on any device."""
+        if values.device.type != "cuda":
+            self.latest = values.tolist()
+            return
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values.detach(), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending.append((done, host))
+
+    def poll(self) -> list[float] | None:
+        while self.pending and self.pending[0][0].query():
+            self.latest = self.pending.popleft()[1].tolist()
+        return self.latest

@@ -8,6 +8,15 @@ estimator, the callback gets `(t_starts, t_ends, ray_indices)` and returns densi
 
 This is the torch reference: it builds every candidate step of every ray, (R, S) at once, and compacts with
 `nonzero` (one host sync per compaction). Samples are packed: see `ngraphics.rendering.compositing`.
+
+Fixed-size buffers (training). With `capacity`, the samples come back in buffers of exactly that many
+entries, so nothing downstream needs the sample count on the host (no sync; shapes known in advance).
+Rays are kept whole, in order, while they fit: the first `n_valid_rays` rays own their samples as usual,
+the rays after them own none (and are excluded from the loss by the caller), and the tail of the buffer is
+padding: zero-length segments [0, 0) of the last ray, past `offsets[-1]`, which no compositing reads and
+which carry zero weight and zero gradient anyway (alpha = 1 - exp(-sigma * 0) = 0). Instant-NGP sizes its
+training batches the same way. `fit_to_capacity` does the packing, in torch ops without host syncs, for
+both backends.
 """
 
 from __future__ import annotations
@@ -32,15 +41,30 @@ class RaySamples:
         ray_indices: ray of each sample. (N,) int64, sorted ascending.
         t_starts, t_ends: segment bounds along the ray. (N,) float32, world units.
         offsets: samples of ray r are offsets[r]:offsets[r + 1]. (R + 1,) int64
+        n_valid_rays, n_candidates: fixed-size buffers only (`fit_to_capacity`), 0-dim int64: the rays that
+            own all their samples, and their samples before the early-stop test.
     """
 
     ray_indices: torch.Tensor
     t_starts: torch.Tensor
     t_ends: torch.Tensor
     offsets: torch.Tensor
+    n_valid_rays: torch.Tensor | None = None
+    n_candidates: torch.Tensor | None = None
 
     def __len__(self) -> int:
+        """Buffer length: the sample count, or the capacity for fixed-size buffers (see `fit_to_capacity`)."""
         return self.ray_indices.shape[0]
+
+    @property
+    def n_samples(self) -> torch.Tensor:
+        """Samples in use (excluding padding), 0-dim int64 on the samples' device (no host sync)."""
+        return self.offsets[-1]
+
+    def ray_valid(self) -> torch.Tensor:
+        """Rays that own all their samples. (R,) bool: all True unless the samples were fit to a capacity."""
+        rays = torch.arange(self.n_rays, device=self.offsets.device)
+        return rays < (self.n_rays if self.n_valid_rays is None else self.n_valid_rays)
 
     @property
     def n_rays(self) -> int:
@@ -57,6 +81,43 @@ class RaySamples:
         counts = torch.zeros(self.n_rays, dtype=torch.int64, device=keep.device)
         counts.index_add_(0, self.ray_indices, keep.to(torch.int64))
         return RaySamples(ray_indices, self.t_starts[keep], self.t_ends[keep], offsets_from_counts(counts))
+
+
+def fit_to_capacity(samples: RaySamples, capacity: int, keep: torch.Tensor | None = None) -> RaySamples:
+    """The kept samples in fixed-size buffers of `capacity` entries, whole rays in order while they fit.
+
+    No host sync: every size is known in advance, the counts stay on the device.
+
+    Args:
+        samples: packed samples, possibly already padded (entries past `offsets[-1]` are ignored, and so are
+            the samples of rays past `n_valid_rays`). R >= 1 rays.
+        capacity: entries of the returned buffers.
+        keep: (N,) bool, samples to keep (default all), e.g. the early-stop test; order is preserved.
+    Returns: RaySamples with (capacity,) buffers: rays 0 .. n_valid_rays - 1 own their kept samples at
+        offsets[r]:offsets[r + 1]; later rays own none; entries past offsets[-1] are zero-length segments
+        [0, 0) of ray R - 1. n_valid_rays: 0-dim int64 (the rays whose kept samples all fit);
+        n_candidates: 0-dim int64, their samples before `keep`.
+    """
+    N, R, device = len(samples), samples.n_rays, samples.offsets.device
+    if R < 1:
+        raise ValueError("fit_to_capacity: needs at least one ray")
+    live = torch.arange(N, device=device) < samples.offsets[-1]
+    keep = live if keep is None else keep & live
+    if samples.n_valid_rays is not None:
+        keep = keep & (samples.ray_indices < samples.n_valid_rays)
+    counts = torch.zeros(R, dtype=torch.int64, device=device).index_add_(0, samples.ray_indices, keep.long())
+    n_fit = (torch.cumsum(counts, 0) <= capacity).sum()  # counts >= 0, so the fitting rays are a prefix
+    if samples.n_valid_rays is not None:
+        n_fit = torch.minimum(n_fit, samples.n_valid_rays)
+    n_candidates = (live & (samples.ray_indices < n_fit)).sum()
+    keep = keep & (samples.ray_indices < n_fit)
+    counts = torch.where(torch.arange(R, device=device) < n_fit, counts, 0)
+    dest = torch.where(keep, torch.cumsum(keep, 0) - 1, capacity)  # dropped samples land in a spare slot
+    out = []
+    for src, fill in ((samples.ray_indices, R - 1), (samples.t_starts, 0.0), (samples.t_ends, 0.0)):
+        buffer = torch.full((capacity + 1,), fill, dtype=src.dtype, device=device)
+        out.append(buffer.index_copy_(0, dest, src)[:capacity])
+    return RaySamples(*out, offsets_from_counts(counts), n_fit, n_candidates)
 
 
 def ray_aabb(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +204,8 @@ def march(
     alpha_thre: float = 0.0,
     jitter: bool = False,
     max_steps: int = 4096,
+    capacity: int | None = None,
+    candidate_capacity: int | None = None,
     backend: str = "auto",
 ) -> RaySamples:
     """Samples along rays in occupied space, front to back.
@@ -160,6 +223,10 @@ def march(
         alpha_thre: drop samples whose opacity 1 - exp(-sigma dt) is below this (needs density_fn).
         jitter: move each ray's first step by a random fraction of step_size (training).
         max_steps: cap on candidate steps per ray (keeps the (R, S) buffer bounded).
+        capacity: None, or return fixed-size buffers of this many samples (`fit_to_capacity`; no host sync
+            on the Triton path).
+        candidate_capacity: with capacity, the buffer for the samples before the early-stop test (default
+            capacity); rays that do not fit in it are dropped before the density callback runs.
         backend: auto | torch | triton (`ngraphics.kernels.marching.march_triton`, same samples).
     Returns: RaySamples. Not differentiable (distances only).
     """
@@ -168,7 +235,8 @@ def march(
 
         return march_triton(origins, directions, grid, step_size=step_size, near=near, far=far,
                             cone_angle=cone_angle, max_step=max_step, density_fn=density_fn,
-                            early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, jitter=jitter, max_steps=max_steps)
+                            early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, jitter=jitter, max_steps=max_steps,
+                            capacity=capacity, candidate_capacity=candidate_capacity)
     R = origins.shape[0]
     aabb = grid.outer_aabb.to(origins.device)
     t_near, t_far = ray_aabb(origins, directions, aabb)
@@ -177,8 +245,7 @@ def march(
     hit = t_far > t_near
     if jitter:
         t_near = t_near + torch.rand_like(t_near) * step_size
-    diagonal = float((aabb[1] - aabb[0]).norm())
-    S = min(max_steps, steps_to_cover(float(near), diagonal, step_size, cone_angle, max_step))
+    S = min(max_steps, steps_to_cover(float(near), grid.outer_diagonal, step_size, cone_angle, max_step))
 
     with torch.no_grad():
         edges = step_edges(t_near, S, step_size, cone_angle, max_step)  # (R, S + 1)
@@ -193,13 +260,23 @@ def march(
             ray_idx, t_starts[ray_idx, step_idx].contiguous(), t_ends[ray_idx, step_idx].contiguous(),
             offsets_from_counts(counts),
         )
-        if density_fn is None or len(samples) == 0 or (early_stop_eps <= 0.0 and alpha_thre <= 0.0):
-            return samples
+        if capacity is not None:
+            samples = fit_to_capacity(samples, candidate_capacity or capacity)
+        early_stop = density_fn is not None and (early_stop_eps > 0.0 or alpha_thre > 0.0)
+        if not early_stop or len(samples) == 0:
+            return samples if capacity is None else fit_to_capacity(samples, capacity)
         sigmas = density_fn(samples.t_starts, samples.t_ends, samples.ray_indices).reshape(-1)
-        T, alpha = transmittance_packed(sigmas, samples.t_starts, samples.t_ends, samples.ray_indices, samples.offsets)
-        keep = torch.ones_like(T, dtype=torch.bool)
-        if early_stop_eps > 0.0:
-            keep &= T >= early_stop_eps
-        if alpha_thre > 0.0:
-            keep &= alpha >= alpha_thre
-        return samples.select(keep)
+        keep = early_stop_mask(sigmas, samples, early_stop_eps, alpha_thre)
+        return samples.select(keep) if capacity is None else fit_to_capacity(samples, capacity, keep)
+
+
+def early_stop_mask(sigmas: torch.Tensor, samples: RaySamples, early_stop_eps: float, alpha_thre: float) -> torch.Tensor:
+    """Samples to keep: transmittance T >= early_stop_eps and opacity alpha >= alpha_thre (either test off at
+    <= 0). sigmas: (N,) densities of the samples. Returns (N,) bool."""
+    T, alpha = transmittance_packed(sigmas, samples.t_starts, samples.t_ends, samples.ray_indices, samples.offsets)
+    keep = torch.ones_like(T, dtype=torch.bool)
+    if early_stop_eps > 0.0:
+        keep &= T >= early_stop_eps
+    if alpha_thre > 0.0:
+        keep &= alpha >= alpha_thre
+    return keep

@@ -72,6 +72,8 @@ class OccupancyGrid(nn.Module):
         self.levels = int(levels)
         res, L = self.resolution, self.levels
         self.register_buffer("aabb", aabb.clone())
+        # host copy of the outer box's diagonal, so marchers size their loops without reading the device
+        self.outer_diagonal = float((aabb[1] - aabb[0]).norm()) * 2.0 ** (L - 1)
         self.register_buffer("occs", torch.zeros(L, res**3))
         self.register_buffer("binary", torch.ones(L, res**3, dtype=torch.bool))
         # Cells of level l >= 1 inside level l-1's box (the central half of each axis) are never used.

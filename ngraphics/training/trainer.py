@@ -365,6 +365,14 @@ class Trainer:
         t = self.config.trainer
         return self.step >= t.steps or (t.time_budget_s > 0 and self.elapsed >= t.time_budget_s)
 
+    def _clock_decision_near(self, dt: float) -> bool:
+        """Would this step's host time carry the training clock past an evaluation time or the budget?"""
+        t = self.config.trainer
+        marks = [s for s in t.eval_times if s not in self._evaluated_times]
+        if t.time_budget_s > 0:
+            marks.append(t.time_budget_s)
+        return any(self.elapsed + dt >= m for m in marks)
+
     def train(self) -> dict:
         """Run until `steps` (or the time budget); returns the final evaluation (or {} when interrupted).
 
@@ -398,6 +406,11 @@ class Trainer:
                         torch.cuda.synchronize(self.device)
                     last = {k: float(v) for k, v in losses.items()}
                 dt = time.perf_counter() - start
+                if self.device.type == "cuda" and self._clock_decision_near(dt):
+                    # steps queue work without waiting for the GPU, so the host clock runs ahead of it; wait
+                    # before the clock decides anything (an evaluation time, the time budget)
+                    torch.cuda.synchronize(self.device)
+                    dt = time.perf_counter() - start
                 self.elapsed += dt
                 log_time += dt
                 log_rays += batch["origins"].shape[0] if "origins" in batch else batch["rgb"].shape[0] * batch["rgb"].shape[1]

@@ -117,6 +117,29 @@ def composite_float64_loop(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets,
     return {"rgb": torch.stack(rgb), "alpha": torch.stack(acc), "depth": torch.stack(depth), "weights": w}
 
 
+def check_padding(gen: torch.Generator, device="cpu") -> None:
+    """Fixed-size training buffers: entries past offsets[-1] belong to no ray. The kernel must give them
+    weight 0 and gradient 0 (even with non-zero dt, which real padding never has) and leave the rays as
+    without them."""
+    from ngraphics.kernels.compositing import composite_triton
+
+    p = packed_samples(6, 9, device, gen)
+    n, pad = p["sigmas"].shape[0], 5
+    padded = {k: torch.cat([v, v[:pad] if k != "ray_indices" else torch.full((pad,), 5, device=device)])
+              for k, v in p.items() if k != "offsets"}
+    padded["offsets"] = p["offsets"]
+    outs = []
+    for q in (p, padded):
+        sig, rgb = q["sigmas"].clone().requires_grad_(True), q["rgbs"].clone().requires_grad_(True)
+        out = composite_triton(sig, rgb, q["t_starts"], q["t_ends"], q["ray_indices"], q["offsets"])
+        (out["rgb"].sum() + out["weights"].sum()).backward()
+        outs.append((out, sig.grad, rgb.grad))
+    (a, ga_s, ga_c), (b, gb_s, gb_c) = outs
+    assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(b["weights"][:n], a["weights"])
+    assert torch.equal(gb_s[:n], ga_s) and torch.equal(gb_c[:n], ga_c)
+    assert (b["weights"][n:] == 0).all() and (gb_s[n:] == 0).all() and (gb_c[n:] == 0).all()
+
+
 def interpreted_checks() -> None:
     """Tiny cases under the interpreter (run in a child process with TRITON_INTERPRET=1)."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
@@ -129,6 +152,7 @@ def interpreted_checks() -> None:
         background = {"rays": torch.rand(R, 3, generator=gen), "one": torch.rand(3, generator=gen),
                       None: None}[bg]
         print(R, max_count, bg, check_composite(p, background, True, gen, oracle=composite_float64_loop))
+    check_padding(gen)
     # no samples at all; backend="triton" through the reference's dispatch
     p = packed_samples(3, 0, "cpu", gen)
     out = composite(p["sigmas"], p["rgbs"], p["t_starts"], p["t_ends"], p["ray_indices"], p["offsets"],
@@ -150,6 +174,7 @@ def test_composite_triton_matches_torch_gpu(bg, weights_grad):
                   None: None}[bg]
     background = None if background is None else background.cuda()
     print(check_composite(p, background, weights_grad, gen))
+    check_padding(gen, "cuda")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ so in practice the sets are identical; under the interpreter numpy's exp/log2 ma
   `triton.jit` decorates, so a fresh process is the reliable way) on tiny grids (8^3, 40 rays).
 - CUDA (`gpu`): 2^14 rays on 128^3 grids with 1 and 3 cascades, constant and growing steps, jitter, early
   stop.
+Both also check the fixed-size buffers of training (`capacity`, `candidate_capacity`) against the torch
+reference's `fit_to_capacity`, with buffers small enough to cut rays at either stage.
 """
 
 from __future__ import annotations
@@ -182,6 +184,35 @@ def check_march(grid, origins, directions, seed: int, max_mismatch: float, **kw)
     return {"samples": len(want), "differ": n_miss}
 
 
+def check_capacity(grid, origins, directions, seed, **kw) -> dict:
+    """Fixed-size buffers (`capacity`, `candidate_capacity`): where the two backends agree without them
+    (identical sample sets, the usual case), they must agree exactly with them, for buffers that cut rays
+    at the candidate stage, at the output stage, and none. Returns counts (skipped: the sets differed)."""
+    from ngraphics.kernels.marching import march_triton
+
+    def run(fn, **extra):
+        torch.manual_seed(seed)
+        return fn(origins, directions, grid, **{**kw, **extra})
+
+    def torch_march(*a, **k):
+        return march(*a, backend="torch", **k)
+
+    want, got = run(torch_march), run(march_triton)
+    if not (torch.equal(want.offsets, got.offsets) and torch.equal(want.ray_indices, got.ray_indices)):
+        return {"skipped": 1}
+    n = len(want)
+    n_candidates = len(run(torch_march, **dict(density_fn=None)))
+    for capacity, candidates in ((n // 2 + 1, None), (n + 7, n_candidates // 2 + 1), (n + 7, n_candidates + 3)):
+        a = run(torch_march, capacity=capacity, candidate_capacity=candidates)
+        b = run(march_triton, capacity=capacity, candidate_capacity=candidates)
+        assert len(a) == len(b) == capacity
+        for key in ("offsets", "ray_indices", "n_valid_rays", "n_candidates"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+        torch.testing.assert_close(b.t_starts, a.t_starts, rtol=T_TOL, atol=T_TOL)
+        torch.testing.assert_close(b.t_ends, a.t_ends, rtol=T_TOL, atol=T_TOL)
+    return {"samples": n, "valid_rays_at_half": int(run(march_triton, capacity=n // 2 + 1).n_valid_rays)}
+
+
 # Cases: (grid maker, levels, march keywords as functions of the grid)
 def _cases(res: int):
     def steps(grid, n):
@@ -211,6 +242,7 @@ def run_cases(device, res: int, R: int, n_steps: int, max_mismatch: float) -> li
         grid = make_grid(device, gen)
         o, d = random_rays(R, grid, device, gen)
         stats = check_march(grid, o, d, seed, max_mismatch, **make_kw(grid, o, d, n_steps))
+        stats.update(check_capacity(grid, o, d, seed, **make_kw(grid, o, d, n_steps)))
         lines.append(f"{name}: {stats}")
     return lines
 
@@ -243,6 +275,8 @@ def test_march_triton_matches_torch_gpu(case):
     grid = make_grid("cuda", gen)
     o, d = random_rays(1 << 14, grid, "cuda", gen)
     stats = check_march(grid, o, d, seed, 1e-4, **make_kw(grid, o, d, 1024))
+    stats.update(check_capacity(grid, o, d, seed, **make_kw(grid, o, d, 1024)))
+    assert "skipped" not in stats  # on CUDA the kernel repeats the reference's arithmetic exactly
     print(name, stats)
 
 

@@ -335,7 +335,7 @@ def march_triton(
     else:  # rays whose samples fit, whole and in order; the rest keep zero-length padding (fit_to_capacity)
         N = candidate_capacity or capacity
         n_fit = (offsets[1:] <= N).sum()
-        offsets = offsets.clamp(max=offsets[n_fit])
+        offsets = offsets.clamp(max=offsets.index_select(0, n_fit.reshape(1)))  # (tensor index: no sync)
         t_starts = torch.zeros(N, dtype=torch.float32, device=device)
         t_ends = torch.zeros(N, dtype=torch.float32, device=device)
         ray_indices = torch.full((N,), max(R - 1, 0), dtype=torch.int64, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import torch
 
 from ngraphics.cameras import Cameras
@@ -89,3 +90,62 @@ def test_field_dicts_merge_over_defaults_unless_the_otype_changes():
     assert merged({"otype": "HashGrid", "n_levels": 16}, {"otype": "DenseGrid"}) == {"otype": "DenseGrid"}
     config = from_dict(NerfFieldConfig, {"encoding": {"otype": "DenseGrid", "n_levels": 2}})
     assert config.encoding["otype"] == "DenseGrid"
+
+
+def _batch(R: int, device="cpu", step: int = 1) -> dict:
+    gen = torch.Generator().manual_seed(step)
+    d = torch.nn.functional.normalize(torch.randn(R, 3, generator=gen) * 0.05 + torch.tensor([0, 0, 1.0]), dim=-1)
+    batch = {"origins": torch.zeros(R, 3) + torch.tensor([0.5, 0.5, -4.0]), "directions": d,
+             "rgb": torch.rand(R, 3, generator=gen), "background": torch.rand(R, 3, generator=gen)}
+    return {**{k: v.to(device) for k, v in batch.items()}, "step": step, "progress": 0.0}
+
+
+def test_train_step_fills_a_fixed_buffer_and_sizes_the_next_batch():
+    # 64 rays of ~32 samples each into a 500-sample buffer: only the first rays fit; the rest are cut whole,
+    # and the next batch is sized from the measured samples per ray (target / per-ray, within the bounds)
+    config = from_dict(NeRFConfig, {**SMALL, "target_samples": 500, "min_rays": 4, "max_rays": 10_000,
+                                    "early_stop_eps": 0.0})
+    nerf = NeRF(config, _scene())
+    losses = nerf.train_step(_batch(64))
+    per_ray = float(losses["samples_per_ray"])
+    assert 10 < per_ray < 40
+    assert nerf.rays_per_batch == int(500 / per_ray)
+    samples = nerf.march(*(_batch(64)[k] for k in ("origins", "directions")), jitter=False, capacity=500,
+                         candidate_capacity=nerf.candidate_capacity(64))
+    valid = int(samples.n_valid_rays)
+    assert 0 < valid < 64 and int(samples.n_samples) <= 500 < int(samples.n_samples) + per_ray * 2
+    # the candidate buffer is sized from the measured candidates per ray (no early stop: all of them kept)
+    assert abs(nerf.candidates_per_ray - per_ray) < 1e-6
+    assert nerf.candidate_capacity(64) == 1 << 16  # the smallest block
+
+
+def test_rays_cut_from_the_buffer_do_not_reach_the_loss():
+    # the same step with cut rays' targets changed: identical loss and parameters after the step
+    config = from_dict(NeRFConfig, {**SMALL, "target_samples": 300, "early_stop_eps": 0.0})
+    grads = []
+    for garbage in (False, True):
+        nerf = NeRF(config, _scene())
+        batch = _batch(48)
+        if garbage:
+            batch["rgb"][24:] = 1e3  # far past what fits in 300 samples (~30 per ray)
+        torch.manual_seed(0)  # the same jitter
+        losses = nerf.train_step(batch)
+        grads.append((float(losses["loss"]), nerf.field.encoding.params.detach().clone()))
+    assert grads[0][0] > 0 and grads[0][0] == grads[1][0] and torch.equal(grads[0][1], grads[1][1])
+    assert not torch.equal(grads[0][1], NeRF(config, _scene()).field.encoding.params.detach())  # it trained
+
+
+@pytest.mark.gpu
+def test_train_step_never_waits_for_the_gpu():
+    config = from_dict(NeRFConfig, {**SMALL, "target_samples": 4096})
+    nerf = NeRF(config, _scene(), device="cuda")
+    nerf.train_step(_batch(256, "cuda", step=0))  # step 0 updates the occupancy grid (which may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in (1, 2, 3):
+            nerf.train_step(_batch(256, "cuda", step=step))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert nerf.readout.poll() is not None

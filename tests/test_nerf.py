@@ -149,3 +149,19 @@ def test_train_step_never_waits_for_the_gpu():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert nerf.readout.poll() is not None
+
+
+def test_fp16_grid_options_apply_on_cuda_only_and_are_checked():
+    from ngraphics.encodings import create_encoding
+    from ngraphics.errors import ConfigError
+
+    config = from_dict(NeRFConfig, {**SMALL, "field": {**SMALL["field"], "grid_precision": "fp16",
+                                                       "grid_gradient_precision": "fp16"}})
+    cpu = NeRF(config, _scene())
+    assert cpu.field.encoding.dtype is None and cpu.field.encoding.gradient_dtype is None  # CPU: fp32
+    with pytest.raises(ConfigError, match="grid_precision"):
+        from_dict(NeRFConfig, {"field": {"grid_precision": "fp8"}})
+    with pytest.raises(ConfigError, match="gradient_dtype"):
+        create_encoding(3, {"otype": "Frequency"}, gradient_dtype=torch.float16)
+    grid = create_encoding(3, {"otype": "HashGrid", "n_levels": 2}, gradient_dtype=torch.float16)
+    assert grid.gradient_dtype == torch.float16

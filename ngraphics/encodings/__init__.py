@@ -6,6 +6,8 @@ name -> class table (tiny-cuda-nn matches `otype` case-insensitively, and so do 
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any
 
 import torch
@@ -45,7 +47,7 @@ def encoding_class(otype: Any, where: str = "encoding.otype") -> type[Encoding]:
 
 def create_encoding(
     n_input_dims: int, config: dict, *, backend: str = "auto", strict: bool = True, where: str = "encoding",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, gradient_dtype: torch.dtype | None = None,
 ) -> Encoding:
     """Build the encoding described by a tiny-cuda-nn style dict (`otype` plus that encoding's keys).
 
@@ -57,10 +59,16 @@ def create_encoding(
         dtype: tables' and output precision of the encodings that have tables (grids, Simplex; a Composite
             hands it to its nested encodings): None (float32), torch.float32 or torch.float16 (see
             `HashGrid`). Encodings without tables ignore it (their output is float32).
+        gradient_dtype: None, or torch.float16 for tiny-cuda-nn's fp16 sums of the table gradient in the
+            grid and Simplex kernels (see `HashGrid`); only those encodings accept it.
     """
     if not isinstance(config, dict) or "otype" not in config:
         raise ConfigError(f"{where}: needs an otype key, one of {', '.join(ENCODINGS)}")
     cls = encoding_class(config["otype"], f"{where}.otype")
+    if gradient_dtype is not None:
+        if "gradient_dtype" not in inspect.signature(cls.__init__).parameters:
+            raise ConfigError(f"{where}: {config['otype']} has no gradient_dtype option (grids and Simplex do)")
+        return cls(n_input_dims, config, backend=backend, strict=strict, dtype=dtype, gradient_dtype=gradient_dtype)
     if cls.has_dtype:
         return cls(n_input_dims, config, backend=backend, strict=strict, dtype=dtype)
     return cls(n_input_dims, config, backend=backend, strict=strict)

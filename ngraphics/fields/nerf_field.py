@@ -8,7 +8,8 @@
 The hash grid covers the field's box (for unbounded scenes the outermost occupancy cascade, instant-ngp's
 aabb_scale cube); its finest resolution is `max_resolution` (instant-ngp: 2048 x aabb_scale), which fixes
 per_level_scale unless the encoding block sets it. The MLPs compute in fp16 on CUDA (tcnn's precision, with its
-loss scaling), bf16 or fp32 by `precision`; the grid stays fp32.
+loss scaling), bf16 or fp32 by `precision`; the grid in fp32 unless `grid_precision` / `grid_gradient_precision`
+ask for tcnn's fp16 (CUDA only: `NeRF` builds the field in fp32 elsewhere).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class NerfFieldConfig:
     direction_encoding: tcnn dict for view directions, default SphericalHarmonics degree 4.
     color_network: tcnn MLP dict, default 64 neurons x 2 hidden layers.
     precision: MLP compute dtype on CUDA (fp16 = tcnn); CPU always computes fp32.
+    grid_precision: hash-grid tables and features on CUDA: fp32, or fp16 (tcnn's per-call fp16 copy of the
+        fp32 master tables); CPU always fp32.
+    grid_gradient_precision: how the Triton grid kernels sum the table gradient on CUDA: fp32, or fp16
+        (tcnn's half2 atomics: half the bytes; needs loss scaling, which fp16 MLPs already bring).
     backend: auto | torch | triton for the encodings and MLPs.
     """
 
@@ -63,6 +68,8 @@ class NerfFieldConfig:
     direction_encoding: dict = field(default_factory=dict)
     color_network: dict = field(default_factory=dict)
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    grid_precision: Literal["fp32", "fp16"] = "fp32"
+    grid_gradient_precision: Literal["fp32", "fp16"] = "fp32"
     backend: Literal["auto", "torch", "triton"] = "auto"
 
     def validate(self, where: str) -> None:
@@ -118,7 +125,10 @@ class NerfField(nn.Module):
             finest = config.max_resolution * aabb_scale
             encoding["per_level_scale"] = math.exp(math.log(finest / encoding.get("base_resolution", 16)) / max(levels - 1, 1))
         dtype = PRECISIONS[config.precision]
-        self.encoding = create_encoding(3, encoding, backend=config.backend, where=f"{where}.encoding")
+        grid_dtypes = {"fp32": None, "fp16": torch.float16}
+        self.encoding = create_encoding(3, encoding, backend=config.backend, where=f"{where}.encoding",
+                                        dtype=grid_dtypes[config.grid_precision],
+                                        gradient_dtype=grid_dtypes[config.grid_gradient_precision])
         self.density_net = create_network(self.encoding.n_output_dims, 16, merged(DEFAULT_DENSITY_NETWORK, config.density_network),
                                           dtype=dtype, backend=config.backend, where=f"{where}.density_network", seed=1337)
         self.direction_encoding = create_encoding(3, merged(DEFAULT_DIRECTION_ENCODING, config.direction_encoding),

@@ -23,6 +23,7 @@ with distance (cone_angle 1/256) and a hash grid over the whole aabb_scale cube.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -120,7 +121,10 @@ class NeRF:
         base = torch.stack([center - half / aabb_scale, center + half / aabb_scale])  # level-0 box
         self.grid = OccupancyGrid(base, config.occupancy.resolution, levels).to(self.device)
         outer = self.grid.outer_aabb
-        self.field = NerfField(config.field, outer, aabb_scale=2.0 ** (levels - 1)).to(self.device)
+        field_config = config.field
+        if self.device.type != "cuda":  # fp16 grids are a GPU speed option; the CPU path stays fp32
+            field_config = dataclasses.replace(field_config, grid_precision="fp32", grid_gradient_precision="fp32")
+        self.field = NerfField(field_config, outer, aabb_scale=2.0 ** (levels - 1)).to(self.device)
         bounded = levels == 1
         self.step_size = math.sqrt(3.0) * float((base[1] - base[0]).max()) / config.render_steps
         self.cone_angle = (0.0 if bounded else 1.0 / 256.0) if config.cone_angle < 0 else config.cone_angle

@@ -19,13 +19,13 @@ supplies a `LevelOps` subclass: its three level bodies and its level table (the 
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+from ngraphics.kernels._atomics import half_reductions, vector_atomics
 
 # ---------------------------------------------------------------------------------------------------------
 # Device helpers (inlined into the kernels)
@@ -162,41 +162,6 @@ def _store_row(ptr, row, vals, F: tl.constexpr, mask):
 
 
 @triton.jit
-def _red_v(addr, vals, START: tl.constexpr, WIDTH: tl.constexpr):
-    """One vector reduction (sm_90 `red.global.add.v2/v4.f32`) of vals[START : START + WIDTH] at addr."""
-    if WIDTH == 2:
-        tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3};\n mov.b32 $0, 0;",
-                                  "=r,l,f,f", [addr, vals[START], vals[START + 1]], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-    else:
-        tl.inline_asm_elementwise("red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5};"
-                                  "\n mov.b32 $0, 0;",
-                                  "=r,l,f,f,f,f", [addr, vals[START], vals[START + 1], vals[START + 2],
-                                                   vals[START + 3]], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _atomic_row(ptr, row, scale, vals, VEC: tl.constexpr):
-    """fp32 ptr[row * F + f] += scale * vals[f] (relaxed; the result is unused, so `red`). VEC (sm_90+, not
-    under the interpreter): one vector reduction per 2 or 4 features instead of one per feature, which
-    halves or quarters the atomic operations the L2 must serialise. Unmasked: callers pass vals = 0 for
-    points past N (dy is loaded with other=0) and every row is valid, so a masked-out lane adds 0 (a
-    predicated atomic costs a branch per instruction in SASS)."""
-    F: tl.constexpr = len(vals)
-    if VEC and F >= 2:
-        scaled = ()
-        for f in tl.static_range(F):
-            scaled = scaled + (scale * vals[f],)
-        WIDTH: tl.constexpr = 2 if F == 2 else 4
-        for k in tl.static_range(F // WIDTH):
-            addr = (ptr + row * F + k * WIDTH).to(tl.int64, bitcast=True)
-            _red_v(addr, scaled, k * WIDTH, WIDTH)
-    else:
-        for f in tl.static_range(F):
-            tl.atomic_add(ptr + row * F + f, scale * vals[f], sem="relaxed")
-
-
-@triton.jit
 def _axpy(acc, a, vals, F: tl.constexpr):
     """acc[f] + a * vals[f] for each feature (tuples of (BLOCK,) fp32)."""
     out = ()
@@ -294,7 +259,7 @@ def _grid_bwd_kernel(x_ptr, table_ptr, meta_ptr, dy_ptr, dtable_ptr, dx_ptr, N, 
                      D: tl.constexpr, F: tl.constexpr, P: tl.constexpr, LEVEL: tl.constexpr,
                      BLOCK: tl.constexpr, GROUP: tl.constexpr, LEVEL_FASTEST: tl.constexpr, VEC: tl.constexpr,
                      NEED_TABLE: tl.constexpr, NEED_X: tl.constexpr):
-    """dtable[row_k] += w_k(x_i) dy[i, l] (fp32 atomics);
+    """dtable[row_k] += w_k(x_i) dy[i, l] (`_atomic_row`: fp32, or packed fp16 into an fp16 dtable);
     dx_i = sum_l sum_k (dw_k/dx) (dy[i, l] . table[row_k])."""
     pts, mask, l0 = _program(N, L, BLOCK, GROUP, LEVEL_FASTEST)
     xs = _load_x(x_ptr, pts, mask, D)
@@ -355,13 +320,6 @@ KERNELS = {"fwd": _grid_fwd_kernel, "bwd": _grid_bwd_kernel, "bwd_bwd": _grid_bw
 # Autograd
 
 
-def vector_atomics(device: torch.device) -> bool:
-    """Vector fp32 reductions (`red.global.add.v2/v4.f32`) exist from sm_90; the interpreter has no PTX."""
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    return torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 L2_BUDGET = 16 * 2**20  # bytes of tables / gradients a launch keeps in flight (H100: 50 MB L2 in two halves)
 
 
@@ -371,9 +329,10 @@ class LevelOps:
     kernels take fwd(x, table, meta, out, N), bwd(x, table, meta, dy, dtable, dx, N),
     bwd_bwd(x, table, meta, dy, gdx, gdt, gtable, gdy, gx, N), then compile-time keywords.
 
-    Tables are flat (n_params,) fp32 or fp16; x is (N, D) fp32; dy / out (N, L * F) fp16 or fp32; every
-    gradient is accumulated and returned in fp32. `moves`: False when out does not depend on x (grid
-    Nearest), so d/dx is identically 0.
+    Tables are flat (n_params,) fp32 or fp16; x is (N, D) fp32; dy / out (N, L * F) fp16 or fp32. Gradients
+    are accumulated in fp32, except the table gradient of `backward` with gradient_dtype=torch.float16 where
+    `half_gradients` allows (tiny-cuda-nn's half2 sums; `_atomics.py`). `moves`: False when out does not
+    depend on x (grid Nearest), so d/dx is identically 0.
     """
 
     levels: ClassVar[dict] = {}  # kernel kind (fwd, bwd, bwd_bwd) -> per-level body (a triton.jit function)
@@ -396,8 +355,8 @@ class LevelOps:
         """Levels per program. "auto": enough levels that a program's slice of each (N, L * F) row (out or
         dy, `stream_bytes` per value) fills a 32-byte sector, so rows are written / read once, not once per
         level (tcnn's one-level grid writes level-major planes instead and transposes afterwards); halved
-        while that many levels of tables (or fp32 gradients), `table_bytes` per value, pass L2_BUDGET, so the
-        levels in flight stay in L2 (tcnn's point: one level's table at a time)."""
+        while that many levels of tables (or fp32 / fp16 gradients), `table_bytes` per value, pass L2_BUDGET,
+        so the levels in flight stay in L2 (tcnn's point: one level's table at a time)."""
         group = self.tuning[kind]["group"]
         if group == "auto":
             group = max(1, 32 // (self.F * stream_bytes))
@@ -424,10 +383,18 @@ class LevelOps:
             self._launch("fwd", x, table, out, group=group)
         return out
 
-    def backward(self, x, table, dy, need_table, need_x):
-        """-> (d table (n_params,) fp32 or None, dx (N, D) fp32 or None)."""
-        group = self._group("bwd", dy.element_size(), 4 * need_table + table.element_size() * need_x)
-        dtable = torch.zeros(self.n_params, device=x.device, dtype=torch.float32) if need_table else None
+    def half_gradients(self, device) -> bool:
+        """Whether `backward` can sum table gradients in fp16 on `device` (F >= 2 and sm_90)."""
+        return half_reductions(device, self.F)
+
+    def backward(self, x, table, dy, need_table, need_x, gradient_dtype=None):
+        """-> (d table (n_params,) or None, dx (N, D) fp32 or None). d table is fp16 when gradient_dtype is
+        torch.float16 and `half_gradients(device)` (packed fp16 sums), else fp32."""
+        half = need_table and gradient_dtype == torch.float16 and self.half_gradients(x.device)
+        grad_dtype = torch.float16 if half else torch.float32
+        group = self._group("bwd", dy.element_size(),
+                            (2 if half else 4) * need_table + table.element_size() * need_x)
+        dtable = torch.zeros(self.n_params, device=x.device, dtype=grad_dtype) if need_table else None
         dx = self._x_buffer(group, x.shape[0], x.device) if need_x else None
         need_x = need_x and self.moves
         if x.shape[0] and (need_table or need_x):
@@ -460,29 +427,31 @@ class EncodeFn(torch.autograd.Function):
     gradients flow to params through that cast as through the identity."""
 
     @staticmethod
-    def forward(ctx, x, params, ops, table_dtype, out_dtype):
+    def forward(ctx, x, params, ops, table_dtype, out_dtype, gradient_dtype):
         table = params.detach() if table_dtype == params.dtype else params.detach().to(table_dtype)
         ctx.save_for_backward(x, params)
-        ctx.table, ctx.ops = table, ops
+        ctx.table, ctx.ops, ctx.gradient_dtype = table, ops, gradient_dtype
         return ops.forward(x, table, out_dtype)
 
     @staticmethod
     def backward(ctx, dy):
         x, params = ctx.saved_tensors
         need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dparams, dx = EncodeBackwardFn.apply(x, params, dy, ctx.table, ctx.ops, need_params, need_x)
-        return dx, dparams, None, None, None
+        dparams, dx = EncodeBackwardFn.apply(x, params, dy, ctx.table, ctx.ops, need_params, need_x,
+                                             ctx.gradient_dtype)
+        return dx, dparams, None, None, None, None
 
 
 class EncodeBackwardFn(torch.autograd.Function):
     """(d params, d x) = backward(x, params, dy); differentiable once more (eikonal losses: d(dx)/d
-    params)."""
+    params; the double backward always sums in fp32). d params is cast to params' dtype from the kernels'
+    fp32 or fp16 sums."""
 
     @staticmethod
-    def forward(ctx, x, params, dy, table, ops, need_params, need_x):
+    def forward(ctx, x, params, dy, table, ops, need_params, need_x, gradient_dtype):
         ctx.set_materialize_grads(False)
         dy = dy.contiguous()
-        dtable, dx = ops.backward(x, table, dy, need_params, need_x)
+        dtable, dx = ops.backward(x, table, dy, need_params, need_x, gradient_dtype)
         ctx.save_for_backward(x, params, dy)
         ctx.table, ctx.ops = table, ops
         dparams = None if dtable is None else dtable.to(params.dtype)
@@ -494,7 +463,7 @@ class EncodeBackwardFn(torch.autograd.Function):
         x, params, dy = ctx.saved_tensors
         need_x, need_params, need_dy = ctx.needs_input_grad[:3]
         if g_dx is None and g_dparams is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         g_dx = None if g_dx is None else g_dx.float().contiguous()
         g_dparams = None if g_dparams is None else g_dparams.contiguous()
         gtable, gdy, gx = ctx.ops.backward_backward(
@@ -502,12 +471,14 @@ class EncodeBackwardFn(torch.autograd.Function):
         )
         gparams = None if gtable is None else gtable.to(params.dtype)
         gdy = None if gdy is None else gdy.to(dy.dtype)
-        return gx, gparams, gdy, None, None, None, None
+        return gx, gparams, gdy, None, None, None, None, None
 
 
 def encode(x: torch.Tensor, params: torch.Tensor, ops: LevelOps, n_dims: int, n_params: int,
-           table_dtype: torch.dtype | None, out_dtype: torch.dtype | None, name: str) -> torch.Tensor:
-    """Checks at the boundary, then `EncodeFn`. x is cast to fp32 (the kernels' position precision)."""
+           table_dtype: torch.dtype | None, out_dtype: torch.dtype | None, name: str,
+           gradient_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Checks at the boundary, then `EncodeFn`. x is cast to fp32 (the kernels' position precision).
+    gradient_dtype: None / torch.float32 (fp32 sums) or torch.float16 (`LevelOps.backward`)."""
     if x.dim() != 2 or x.shape[1] != n_dims or not x.is_floating_point():
         raise ValueError(f"{name}: positions must be (N, {n_dims}) float, got {tuple(x.shape)} {x.dtype}")
     if params.dim() != 1 or params.numel() != n_params:
@@ -520,5 +491,7 @@ def encode(x: torch.Tensor, params: torch.Tensor, ops: LevelOps, n_dims: int, n_
         table_dtype = params.dtype if params.dtype in (torch.float16, torch.float32) else torch.float32
     if table_dtype not in (torch.float16, torch.float32):
         raise ValueError(f"{name}: table_dtype must be float16 or float32, got {table_dtype}")
+    if gradient_dtype not in (None, torch.float16, torch.float32):
+        raise ValueError(f"{name}: gradient_dtype must be None, float32 or float16, got {gradient_dtype}")
     out_dtype = torch.float32 if out_dtype is None else out_dtype
-    return EncodeFn.apply(x.float().contiguous(), params, ops, table_dtype, out_dtype)
+    return EncodeFn.apply(x.float().contiguous(), params, ops, table_dtype, out_dtype, gradient_dtype)

@@ -16,9 +16,10 @@ Index maths follows tcnn exactly: `pos = fma(scale, x, 0.5)`, `cell = (uint32)(i
 cells wrap), dense stride index over the dims `grid_index_plan` admits, else the coherent prime hash
 (xor of `cell_d * prime_d`, uint32), then `% hashmap_size`.
 
-Gradients: d table via fp32 atomics (relaxed), d x recomputed in the backward kernel only when x needs it
-(constexpr flag), summed over a program's levels in registers. The double backward (d(dx)/d table,
-d(dx)/d x, d(dx)/d dy) is one more kernel; `_common.py` has the formulas.
+Gradients: d table via relaxed reductions into an fp32 buffer, or with gradient_dtype=torch.float16 on sm_90
+(F >= 2) into an fp16 one with packed half2 reductions like tiny-cuda-nn (`_atomics.py`); d x recomputed in
+the backward kernel only when x needs it (constexpr flag), summed over a program's levels in registers. The
+double backward (d(dx)/d table, d(dx)/d x, d(dx)/d dy) is one more kernel; `_common.py` has the formulas.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import ClassVar
 import torch
 import triton
 import triton.language as tl
+from ngraphics.kernels._atomics import _atomic_row
 from ngraphics.kernels._common import (
     LevelOps,
-    _atomic_row,
     _axpy,
     _dot,
     _fold_terms,
@@ -289,21 +290,32 @@ def grid_ops(spec: GridSpec) -> GridOps:
 
 def grid_encode_triton(x: torch.Tensor, params: torch.Tensor, spec: GridSpec, *,
                        table_dtype: torch.dtype | None = None,
-                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                       out_dtype: torch.dtype | None = None,
+                       gradient_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Multiresolution grid encoding with Triton kernels; twin of `grid_encode_torch`.
 
     Args:
         x: positions. (N, D) float (cast to float32), nominally in [0, 1]; not clamped (cells wrap like tcnn).
         params: flat tables, levels at `spec.offsets`, features innermost. (spec.n_params,) float32 (master)
-            or float16. Gradients come back in params' dtype, accumulated in float32.
+            or float16. Gradients come back in params' dtype, accumulated as `gradient_dtype` says.
         spec: from `ngraphics.encodings.grid.grid_spec(D, config)`.
         table_dtype: dtype the kernels read the tables in. None: params' dtype (float32 for float32 params,
             the exact twin of the reference). torch.float16: params cast once per call (tiny-cuda-nn's
             default), half the gather bytes; interpolation still accumulates in float32.
         out_dtype: output dtype, default float32; torch.float16 halves the output bytes.
+        gradient_dtype: precision in which the table gradient is summed over points. None or torch.float32:
+            float32. torch.float16: tiny-cuda-nn's half2 accumulation, a speed option (half the reduction
+            bytes and half the gradient buffer, which then fits in L2), used on sm_90 GPUs when F >= 2;
+            elsewhere (F = 1, older GPUs, the interpreter) the sums stay float32, as tcnn does for F = 1.
+            Precision lost: every contribution and every partial sum is rounded to fp16 (11 bits; an entry
+            with n contributions is off by ~2^-11 sqrt(n) relative), values below 6e-5 lose bits as fp16
+            subnormals, and a sum past 65504 becomes inf (torch.amp.GradScaler detects it and skips the
+            step): scale the loss so that gradients sit well inside fp16's range. Gradients w.r.t. x and the
+            double backward always sum in float32; the result is cast to params' dtype.
     Returns: (N, L * F) level-major features, `out[:, l * F + f]`.
     Differentiable w.r.t. x and params, twice (double backward through the input gradient for eikonal
     losses; a third derivative raises). Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1.
     Example: `grid_encode_triton(torch.rand(2**20, 3, device="cuda"), enc.params, enc.spec)`.
     """
-    return encode(x, params, grid_ops(spec), spec.n_dims, spec.n_params, table_dtype, out_dtype, "grid")
+    return encode(x, params, grid_ops(spec), spec.n_dims, spec.n_params, table_dtype, out_dtype, "grid",
+                  gradient_dtype)

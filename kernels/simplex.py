@@ -17,7 +17,8 @@ gtable[vertex k] += a_k dy, gdy += sum_k a_k table[vertex k]; a table cotangent 
 the input gradient computed with gdt in place of the table.
 
 Launch and layout as `kernels/grid.py`: 1D launch of point blocks x level groups, per-level constants in an
-int64 level table, D and F compile-time, all tensors (BLOCK,), packed feature loads, fp32 atomics.
+int64 level table, D and F compile-time, all tensors (BLOCK,), packed feature loads, fp32 reductions (or
+packed fp16 ones with gradient_dtype=torch.float16 on sm_90, `_atomics.py`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import ClassVar
 import torch
 import triton
 import triton.language as tl
+from ngraphics.kernels._atomics import _atomic_row
 from ngraphics.kernels._common import (
     LevelOps,
-    _atomic_row,
     _axpy,
     _dot,
     _fold_terms,
@@ -246,18 +247,23 @@ def simplex_ops(spec: SimplexSpec) -> SimplexOps:
 
 def simplex_encode_triton(x: torch.Tensor, params: torch.Tensor, spec: SimplexSpec, *,
                           table_dtype: torch.dtype | None = None,
-                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                          out_dtype: torch.dtype | None = None,
+                          gradient_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Multi-resolution simplex encoding with Triton kernels; twin of `simplex_encode_torch`.
 
     Args:
         x: points. (N, D) float (cast to float32), nominally in [0, 1] (outside wraps into the tables).
         params: flat tables, `params.view(-1, F)` rows per level at `spec.offsets`. (spec.n_params,) float32
-            (master) or float16; gradients come back in params' dtype, accumulated in float32.
+            (master) or float16; gradients come back in params' dtype, accumulated as `gradient_dtype` says.
         spec: from `simplex_spec(D, config)`.
         table_dtype: None (params' dtype) or torch.float16 (cast once per call; half the gather bytes).
         out_dtype: output dtype, default float32.
+        gradient_dtype: None / torch.float32 (float32 sums) or torch.float16: tiny-cuda-nn's half2
+            accumulation of the table gradient on sm_90 GPUs when F >= 2 (float32 elsewhere); every partial
+            sum rounds to fp16 and sums past 65504 become inf: see `grid_encode_triton`.
     Returns: (N, L * F) level-major features.
     Differentiable w.r.t. x and params, twice (d2 out / dx2 = 0; d(dx)/d params is not). Runs on CUDA, or
     on CPU tensors under TRITON_INTERPRET=1. Example: `simplex_encode_triton(x.cuda(), enc.params, enc.spec)`.
     """
-    return encode(x, params, simplex_ops(spec), spec.n_dims, spec.n_params, table_dtype, out_dtype, "simplex")
+    return encode(x, params, simplex_ops(spec), spec.n_dims, spec.n_params, table_dtype, out_dtype, "simplex",
+                  gradient_dtype)

@@ -9,6 +9,9 @@ unordered atomics). With CUDA the `gpu` cases run on 100003 points. Tolerances a
 2e-5 (output) / 1e-4 (gradients); fp16 tables against the reference on the fp16-rounded table; fp16 outputs
 2e-3 / 5e-3. Points on simplex faces (ties between fractions) come from lattice vertices mapped back with the
 unskew.
+gradient_dtype=torch.float16 (tiny-cuda-nn's half2 sums of the table gradient): the float32 fallback under the
+interpreter, `harness.check_fp16_gradients` against a float64 reference on an sm_90 GPU (see
+test_grid_kernels.py).
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ import torch
 from harness import ENCODING_TOL as TOL
 from harness import (
     check_encoding_parity,
+    check_fp16_gradients,
+    check_gradient_dtype_fallback,
     check_module_float16,
     interpreted_kernels,
     interpreter_only,
     rel_err,
 )
 
-from ngraphics.encodings.simplex import Simplex, simplex_encode_torch, simplex_spec, unskew_factor
+from ngraphics.encodings.simplex import (
+    Simplex,
+    simplex_encode_torch,
+    simplex_level_index,
+    simplex_spec,
+    simplex_vertices_and_weights,
+    unskew_factor,
+)
 
 (ksimplex,), INTERPRETED = interpreted_kernels("simplex")
 needs_interpreter = interpreter_only(INTERPRETED)
@@ -44,6 +56,19 @@ def check_parity(spec, n, device, table_dtype=None, out_dtype=None):
     return check_encoding_parity(lambda a, b, **kw: ksimplex.simplex_encode_triton(a, b, spec, **kw),
                                  lambda a, b: simplex_encode_torch(a, b, spec), x.to(device), p.to(device), g,
                                  max(spec.scales), table_dtype, out_dtype)
+
+
+def reference_f64(x, p64, spec):
+    """`simplex_encode_torch` on float32 x (float32 positions and weights, as the kernels) with a float64
+    table: (N, D) float32, (n_params,) float64 -> (N, L * F) float64, float64 sums over points."""
+    table = p64.view(-1, spec.n_features)
+    out = []
+    for level in range(spec.n_levels):
+        # vertices (N, D+1, D), weights (N, D+1) float32, as the kernels compute them
+        vertices, weights = simplex_vertices_and_weights(x * spec.scales[level] + 0.5)
+        rows = spec.offsets[level] + simplex_level_index(vertices, spec, level)
+        out.append((weights.double().unsqueeze(-1) * table[rows]).sum(dim=1))
+    return torch.cat(out, dim=1)
 
 
 def small_spec(D, F, log2=6, levels=2, base=3, scale=2.0):
@@ -75,6 +100,24 @@ def test_interpreter_module_float16_precision():
     emulates them."""
     config = {"n_levels": 2, "log2_hashmap_size": 7, "base_resolution": 3}
     check_module_float16(lambda backend: Simplex(3, config, backend=backend, dtype=torch.float16), 3)
+
+
+@needs_interpreter
+def test_interpreter_fp16_gradients_fall_back_to_fp32():
+    """gradient_dtype=float16 without sm_90 (here: the interpreter) sums in float32; modules pass it on."""
+    spec = small_spec(3, 2)
+    g = torch.Generator().manual_seed(12)
+    x, p = torch.rand(37, 3, generator=g), torch.randn(spec.n_params, generator=g)
+    check_gradient_dtype_fallback(lambda a, b, **kw: ksimplex.simplex_encode_triton(a, b, spec, **kw),
+                                  ksimplex.simplex_ops(spec), x, p, g)
+    with pytest.raises(ValueError, match="simplex: gradient_dtype must be None, float32 or float16"):
+        ksimplex.simplex_encode_triton(x, p, spec, gradient_dtype=torch.float64)
+    config = {"n_levels": 2, "log2_hashmap_size": 6, "base_resolution": 3}
+    enc = Simplex(3, config, backend="triton", gradient_dtype=torch.float16)
+    ref = Simplex(3, config, backend="triton")
+    (a,) = torch.autograd.grad(enc(x).sum(), enc.params)
+    (b,) = torch.autograd.grad(ref(x).sum(), ref.params)
+    assert enc.gradient_dtype == torch.float16 and torch.equal(a, b)
 
 
 GPU_CASES = [  # (D, F, log2_hashmap_size, levels, table dtype, out dtype); base 16, scale 2
@@ -109,3 +152,21 @@ def test_gpu_simplex_module_uses_triton():
     enc = Simplex(3, {"n_levels": 8}, backend="triton").cuda()
     x = torch.rand(4097, 3, device="cuda")
     assert rel_err(enc(x), simplex_encode_torch(x, enc.params, enc.spec)) <= TOL["out"]
+
+
+# (D, F, log2_hashmap_size, levels); base 16, scale 2; fp16 tables
+GPU_FP16_GRADIENT_CASES = [(3, 2, 19, 16), (3, 4, 19, 8), (4, 2, 19, 16), (4, 8, 16, 6)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D,F,log2,levels", GPU_FP16_GRADIENT_CASES)
+def test_gpu_fp16_gradients(D, F, log2, levels):
+    """gradient_dtype=float16 (packed half2 reductions) vs the float64 reference on the fp16-rounded table."""
+    spec = small_spec(D, F, log2=log2, levels=levels, base=16)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    x = torch.rand(100003, D, generator=g).cuda()
+    p = torch.randn(spec.n_params, generator=g).cuda()
+    rows = list(zip(spec.offsets[:-1], spec.table_sizes))
+    check_fp16_gradients(lambda a, b, **kw: ksimplex.simplex_encode_triton(a, b, spec, **kw),
+                         lambda a, b: reference_f64(a, b, spec), ksimplex.simplex_ops(spec), x, p, g, rows,
+                         D + 1)

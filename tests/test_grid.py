@@ -370,6 +370,24 @@ def test_dtype_default_and_float32_are_the_float32_reference():
         HashGrid(2, cfg, dtype=torch.bfloat16)
 
 
+def test_gradient_dtype_is_validated_and_the_torch_backend_sums_in_float32():
+    """gradient_dtype=float16 is a kernel speed option (tcnn's half2 sums); the torch backend's gradients are
+    the float32 ones, bit for bit, whatever it says."""
+    cfg = small_config("Hash", 3, 2, "Linear")
+    x = torch.rand(50, 3)
+    ref = HashGrid(3, cfg, backend="torch", dtype=torch.float16)
+    enc = HashGrid(3, cfg, backend="torch", dtype=torch.float16, gradient_dtype=torch.float16)
+    assert enc.gradient_dtype == torch.float16 and ref.gradient_dtype is None
+    assert "gradient_dtype=torch.float16" in repr(enc) and "gradient_dtype" not in repr(ref)
+    dy = torch.randn(50, enc.n_output_dims).half()
+    (a,) = torch.autograd.grad(enc(x), enc.params, dy)
+    (b,) = torch.autograd.grad(ref(x), ref.params, dy)
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+    with pytest.raises(ConfigError, match=r"DenseGrid.gradient_dtype: must be None, torch.float32 or "
+                                          r"torch.float16, got torch.bfloat16"):
+        DenseGrid(2, {}, gradient_dtype=torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------------------- Encoding API
 
 

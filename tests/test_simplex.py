@@ -310,6 +310,20 @@ def test_dtype_float16_rounds_tables_and_output_on_the_torch_backend():
         Simplex(3, cfg, dtype=torch.float64)
 
 
+def test_gradient_dtype_is_validated_and_the_torch_backend_sums_in_float32():
+    """gradient_dtype=float16 (tcnn's half2 sums in the kernels) leaves the torch backend's float32 sums."""
+    cfg = tiny(3)
+    x = points(3, 40, torch.Generator().manual_seed(2))
+    enc = Simplex(3, cfg, backend="torch", gradient_dtype=torch.float16)
+    ref = Simplex(3, cfg, backend="torch")
+    assert enc.gradient_dtype == torch.float16
+    (a,) = torch.autograd.grad(enc(x).sum(), enc.params)
+    (b,) = torch.autograd.grad(ref(x).sum(), ref.params)
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="Simplex.gradient_dtype: must be None, torch.float32 or"):
+        Simplex(3, cfg, gradient_dtype=torch.int8)
+
+
 # ---------------------------------------------------------------- module, config
 
 

@@ -27,6 +27,16 @@ def check_precision(dtype: Any, where: str) -> torch.dtype | None:
     return dtype
 
 
+def check_gradient_dtype(dtype: Any, where: str) -> torch.dtype | None:
+    """The `gradient_dtype` option of encodings with tables: None or torch.float32 (the Triton kernels sum
+    table gradients in float32) or torch.float16 (tiny-cuda-nn's half2 sums on sm_90 GPUs, a speed option
+    with tcnn's precision). The torch backend always sums in float32."""
+    if dtype is not None and dtype not in PRECISIONS:
+        raise ConfigError(f"{where}.gradient_dtype: must be None, torch.float32 or torch.float16, "
+                          f"got {dtype}")
+    return dtype
+
+
 def round_params(params: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """params holding the values a `dtype` copy of them holds (the torch backend's emulation of the kernels'
     per-call fp16 table). Gradients pass as through the identity, as they do through the kernels' cast:

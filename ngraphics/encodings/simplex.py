@@ -50,7 +50,7 @@ from torch import nn
 
 from ngraphics.backends import resolve_backend
 from ngraphics.config import from_dict
-from ngraphics.encodings.base import Encoding, check_precision, round_params
+from ngraphics.encodings.base import Encoding, check_gradient_dtype, check_precision, round_params
 from ngraphics.errors import ConfigError
 
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -254,6 +254,10 @@ class Simplex(Encoding):
         promoted dtype of x and params), torch.float32, or torch.float16 (tiny-cuda-nn's precision: an fp16
         copy of the tables per call and fp16 output in the kernels, the same rounding emulated on the torch
         backend; params stay float32 with float32 gradients).
+    gradient_dtype: None / torch.float32 (float32 sums of the table gradient in the kernels) or
+        torch.float16 (tiny-cuda-nn's half2 sums on sm_90 GPUs when n_features_per_level >= 2: faster, every
+        partial sum rounded to fp16, inf past 65504, so use loss scaling; see `HashGrid`). The torch backend
+        always sums in float32.
     """
 
     otype = "Simplex"
@@ -262,10 +266,11 @@ class Simplex(Encoding):
 
     def __init__(
         self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True, seed: int = 1337,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None, gradient_dtype: torch.dtype | None = None,
     ):
         super().__init__(n_input_dims, config, backend=backend, strict=strict)
         self.dtype = check_precision(dtype, self.otype)
+        self.gradient_dtype = check_gradient_dtype(gradient_dtype, self.otype)
         self.spec = simplex_spec(n_input_dims, self.config)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
         generator = torch.Generator().manual_seed(seed)
@@ -279,7 +284,7 @@ class Simplex(Encoding):
             from ngraphics.kernels.simplex import simplex_encode_triton
 
             out = simplex_encode_triton(x, self.params, self.spec, table_dtype=self.dtype,
-                                        out_dtype=self.dtype)
+                                        out_dtype=self.dtype, gradient_dtype=self.gradient_dtype)
         else:
             out = simplex_encode_torch(x, round_params(self.params, self.dtype), self.spec)
         return out if self.dtype is None else out.to(self.dtype)

@@ -7,13 +7,16 @@ Sections (each a flag; no flag = all but --sweep):
   --main       config A (3D, 16 levels x 2 features, 2^19 table, base 16, scale 2), N = 2^20 and 2^22:
                forward, forward + backward (tables), forward + backward (tables + inputs), fp32 and fp16
                tables; the same in 4D; a 2^22 table with 4 features in 3D; Simplex vs HashGrid at equal
-               levels/features/table in 3D and 4D. CUDA events around each call, calls queued back to back,
-               median of 30 after 5 warm-ups; achieved bytes/s and corner reads/s against the ceilings.
+               levels/features/table in 3D and 4D. Rows with grad=fp16 sum the table gradient in fp16
+               (gradient_dtype=torch.float16, tiny-cuda-nn's half2 accumulation), fp16 tables and outputs.
+               CUDA events around each call, calls queued back to back, median of 30 after 5 warm-ups;
+               achieved bytes/s and corner reads/s against the ceilings.
   --compile    first-call compile time of each kernel, in a child process with a fresh TRITON_CACHE_DIR (cold)
                and in a second child process with the same cache (cached).
   --tune K=V   launch-shape overrides for --main, e.g. `--tune grid.fwd.block=256`.
   --once       one forward, backward (tables) and backward (tables + x) of grid and simplex on config A,
-               2^22 points, fp16 tables: a target for `ncu` (e.g. `ncu --metrics ... python -m ... --once`).
+               2^22 points, fp16 tables: a target for `ncu` (e.g. `ncu --metrics ... python -m ... --once`);
+               with --grad16 the backward sums table gradients in fp16.
 Results print as tables; `--json PATH` also writes them.
 """
 
@@ -98,20 +101,21 @@ def make_case(kind: str, D: int, config: dict, n: int, table_dtype, out_dtype):
     return spec, encode, params, x, dy
 
 
-def time_encoding(kind, D, config, n, table_dtype=None, out_dtype=None) -> dict:
+def time_encoding(kind, D, config, n, table_dtype=None, out_dtype=None, gradient_dtype=None) -> dict:
     spec, encode, params, x, dy = make_case(kind, D, config, n, table_dtype, out_dtype)
     xg = x.clone().requires_grad_(True)
+    kw = {"table_dtype": table_dtype, "out_dtype": out_dtype, "gradient_dtype": gradient_dtype}
 
     def fwd():
         with torch.no_grad():
-            encode(x, params, spec, table_dtype=table_dtype, out_dtype=out_dtype)
+            encode(x, params, spec, **kw)
 
     def fwd_bwd_tables():
-        out = encode(x, params, spec, table_dtype=table_dtype, out_dtype=out_dtype)
+        out = encode(x, params, spec, **kw)
         torch.autograd.grad(out, params, dy)
 
     def fwd_bwd_inputs():
-        out = encode(xg, params, spec, table_dtype=table_dtype, out_dtype=out_dtype)
+        out = encode(xg, params, spec, **kw)
         torch.autograd.grad(out, (xg, params), dy)
 
     res = {"fwd_ms": cuda_time(fwd), "fwd_bwd_ms": cuda_time(fwd_bwd_tables),
@@ -163,19 +167,24 @@ def sweep(D=3, n=2**22) -> list[dict]:
 def main_bench() -> list[dict]:
     rows = []
     f16 = torch.float16
-    cases = []
+    cases = []  # (encoding, D, config, N, table dtype, out dtype, gradient dtype)
     for n in (2**20, 2**22):
-        cases += [("grid", 3, CONFIG_A, n, None, None), ("grid", 3, CONFIG_A, n, f16, f16)]
-    cases += [("grid", 4, CONFIG_A, 2**22, None, None), ("grid", 4, CONFIG_A, 2**22, f16, f16)]
+        cases += [("grid", 3, CONFIG_A, n, None, None, None), ("grid", 3, CONFIG_A, n, f16, f16, None),
+                  ("grid", 3, CONFIG_A, n, f16, f16, f16)]
+    cases += [("grid", 4, CONFIG_A, 2**22, None, None, None), ("grid", 4, CONFIG_A, 2**22, f16, f16, None),
+              ("grid", 4, CONFIG_A, 2**22, f16, f16, f16)]
     big = dict(CONFIG_A, log2_hashmap_size=22, n_features_per_level=4)
-    cases += [("grid", 3, big, 2**22, None, None), ("grid", 3, big, 2**22, f16, f16)]
+    cases += [("grid", 3, big, 2**22, None, None, None), ("grid", 3, big, 2**22, f16, f16, None),
+              ("grid", 3, big, 2**22, f16, f16, f16)]
     for D in (3, 4):
-        cases += [("simplex", D, CONFIG_A, 2**22, None, None), ("simplex", D, CONFIG_A, 2**22, f16, f16)]
-    for kind, D, config, n, tdt, odt in cases:
-        r = time_encoding(kind, D, config, n, tdt, odt)
+        cases += [("simplex", D, CONFIG_A, 2**22, None, None, None),
+                  ("simplex", D, CONFIG_A, 2**22, f16, f16, None),
+                  ("simplex", D, CONFIG_A, 2**22, f16, f16, f16)]
+    for kind, D, config, n, tdt, odt, gdt in cases:
+        r = time_encoding(kind, D, config, n, tdt, odt, gdt)
         row = {"enc": kind, "D": D, "F": config["n_features_per_level"], "log2T": config["log2_hashmap_size"],
                "N": f"2^{n.bit_length() - 1}", "table": "fp16" if tdt else "fp32",
-               "out": "fp16" if odt else "fp32", **r}
+               "out": "fp16" if odt else "fp32", "grad": "fp16" if gdt else "fp32", **r}
         rows.append(row)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               flush=True)
@@ -227,6 +236,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag in ("ceilings", "sweep", "main", "compile", "once"):
         ap.add_argument(f"--{flag}", action="store_true")
+    ap.add_argument("--grad16", action="store_true", help="--once: sum table gradients in fp16")
     ap.add_argument("--tune", action="append", default=[], help="enc.kind.key=value, e.g. grid.fwd.block=256")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -235,10 +245,11 @@ def main(argv=None) -> int:
             spec, _, params, x, dy = make_case(kind, 3, CONFIG_A, 2**22, torch.float16, torch.float16)
             ops = (kgrid.grid_ops if kind == "grid" else ksimplex.simplex_ops)(spec)
             table = params.detach().half()
+            grad_dtype = torch.float16 if args.grad16 else None
             for _ in range(2):  # the first round compiles
                 ops.forward(x, table, torch.float16)
-                ops.backward(x, table, dy, True, False)
-                ops.backward(x, table, dy, True, True)
+                ops.backward(x, table, dy, True, False, grad_dtype)
+                ops.backward(x, table, dy, True, True, grad_dtype)
         torch.cuda.synchronize()
         return 0
     if not (args.ceilings or args.sweep or args.main or args.compile):

@@ -7,8 +7,10 @@ Reference network: 32 -> 64 x 2 hidden -> 16, ReLU, no output activation, fp16 (
 1.141 ms, forward + backward 3.280 ms on the H100 of docs/benchmarks.md). Each time is the median of
 `--reps` CUDA-event-timed calls after `--warmup` untimed ones. "fwd+bwd" is y = f(x); y.backward(dy) with
 gradients for every weight, and for x too in the "+dx" rows (what an encoding in front needs).
---encoding adds HashGrid A (3D, 16 levels x 2 features, 2^19 entries, base 16, scale 2) + the same MLP,
---sweep times launch configurations first, --compile measures cold / cached first-call times.
+--encoding adds HashGrid A (3D, 16 levels x 2 features, 2^19 entries, base 16, scale 2) + the same MLP; its
+"(fp16 grads)" rows sum the grid's table gradient in fp16 (gradient_dtype=torch.float16) as tiny-cuda-nn
+does, the like-for-like comparison with tcnn's number. --sweep times launch configurations first, --compile
+measures cold / cached first-call times.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from ngraphics.networks.mlp import MLPSpec, mlp_forward_torch
 from ngraphics.profiling.timing import time_fn
 
-TCNN_MS = {"mlp fwd": 1.141, "mlp fwd+bwd": 3.280, "hashgrid+mlp fwd+bwd": 11.12}
+TCNN_MS = {"mlp fwd": 1.141, "mlp fwd+bwd": 3.280, "hashgrid+mlp fwd+bwd": 11.12,
+           "hashgrid+mlp fwd+bwd (fp16 grads)": 11.12}  # tcnn sums grid gradients in fp16 (half2)
 NETWORK = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
            "n_hidden_layers": 2}
 HASHGRID_A = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
@@ -93,9 +96,10 @@ def sweep(n: int, reps: int, warmup: int) -> list[dict]:
     return rows
 
 
-def ncu_step(n: int) -> None:
+def ncu_step(n: int, gradient_dtype=None) -> None:
     """Three steps of HashGrid A + MLP fwd+bwd (kernels launched: grid fwd, mlp fwd, mlp bwd, grid bwd each).
-    For ncu: --kernel-name regex:"_grid_fwd_kernel|_grid_bwd_kernel|_mlp" --launch-skip 8 --launch-count 4."""
+    For ncu: --kernel-name regex:"_grid_fwd_kernel|_grid_bwd_kernel|_mlp" --launch-skip 8 --launch-count 4.
+    gradient_dtype: the grid's table-gradient sums (None: fp32; torch.float16: half2, as tcnn)."""
     from ngraphics.kernels.grid import grid_encode_triton
     from ngraphics.kernels.mlp import mlp_forward_triton
 
@@ -108,7 +112,7 @@ def ncu_step(n: int) -> None:
     weights = [w.detach().half().requires_grad_(True) for w in model.network.weights()]
     for _ in range(3):
         feat = grid_encode_triton(pos, table, model.encoding.spec, table_dtype=torch.float16,
-                                  out_dtype=torch.float16)
+                                  out_dtype=torch.float16, gradient_dtype=gradient_dtype)
         mlp_forward_triton(feat, weights, model.network.spec).backward(dy)
     torch.cuda.synchronize()
 
@@ -142,8 +146,8 @@ def mlp_table(n: int, reps: int, warmup: int) -> list[dict]:
 
 def encoding_table(n: int, reps: int, warmup: int) -> list[dict]:
     """HashGrid A + MLP: the library module (fp32 table and features, as `HashGrid` runs by default), the
-    kernels composed directly the way tcnn runs them (fp16 table copy and fp16 features), and the grid
-    alone."""
+    kernels composed directly the way tcnn runs them (fp16 table copy and fp16 features; with fp32 or, as
+    tcnn, fp16 sums of the table gradient), and the grid alone."""
     from ngraphics.kernels.grid import grid_encode_triton
     from ngraphics.kernels.mlp import mlp_forward_triton
 
@@ -167,8 +171,9 @@ def encoding_table(n: int, reps: int, warmup: int) -> list[dict]:
     def module_fwd_bwd():
         model(pos).backward(dy)
 
-    def encode():
-        return grid_encode_triton(pos, table, gspec, table_dtype=torch.float16, out_dtype=torch.float16)
+    def encode(gradient_dtype=None):
+        return grid_encode_triton(pos, table, gspec, table_dtype=torch.float16, out_dtype=torch.float16,
+                                  gradient_dtype=gradient_dtype)
 
     def direct_fwd():
         with torch.no_grad():
@@ -177,15 +182,23 @@ def encoding_table(n: int, reps: int, warmup: int) -> list[dict]:
     def direct_fwd_bwd():
         mlp_forward_triton(encode(), weights, mspec).backward(dy)
 
+    def direct_fwd_bwd_grad16():
+        mlp_forward_triton(encode(torch.float16), weights, mspec).backward(dy)
+
     def grid_fwd_bwd():
         encode().backward(d_feat)
+
+    def grid_fwd_bwd_grad16():
+        encode(torch.float16).backward(d_feat)
 
     def grid_fwd():
         with torch.no_grad():
             encode()
 
     cases = [("hashgrid+mlp fwd", direct_fwd), ("hashgrid+mlp fwd+bwd", direct_fwd_bwd),
+             ("hashgrid+mlp fwd+bwd (fp16 grads)", direct_fwd_bwd_grad16),
              ("hashgrid alone fwd+bwd (fp16 table, fp16 out)", grid_fwd_bwd),
+             ("hashgrid alone fwd+bwd (fp16 table, out, grads)", grid_fwd_bwd_grad16),
              ("hashgrid alone fwd (fp16 table, fp16 out)", grid_fwd),
              ("module NetworkWithInputEncoding fwd", module_fwd),
              ("module NetworkWithInputEncoding fwd+bwd", module_fwd_bwd)]
@@ -213,12 +226,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write every number here")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--ncu-step", action="store_true", help="only run one encoding+MLP step for ncu")
+    ap.add_argument("--grad16", action="store_true", help="--ncu-step: sum grid gradients in fp16")
     args = ap.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     n = 2**args.log2n
     if args.ncu_step:
-        ncu_step(n)
+        ncu_step(n, torch.float16 if args.grad16 else None)
         return 0
     import triton
 

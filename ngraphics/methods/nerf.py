@@ -13,6 +13,9 @@ One training step:
        so that the marcher's buffer holds them (instant-ngp's rule).
 Nothing in a step waits for the GPU: the buffer sizes are fixed or come from counts copied back
 asynchronously a step or two late (`LaggedReadout`), so the host queues the next step while the GPU works.
+On CUDA, steps 2-4 plus the optimizer replay as one CUDA graph (`GraphedStep`, `cuda_graphs`), recorded
+again only when the batch's shape changes; ray and candidate counts move with hysteresis (10 % / a
+1.1-1.6x window) so that it rarely does. The occupancy update stays outside the graph.
 Learning rate: linear warm-up over `warmup_steps`, then x `lr_decay` at progress 0.5, 0.75 and 0.9 (nerfacc's
 schedule, on the trainer's progress so time budgets work too).
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import deque
 from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import ClassVar, Literal
@@ -41,6 +43,7 @@ from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import RaySamples, march, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
 from ngraphics.training.metrics import psnr_from_mse
+from ngraphics.training.step_graphs import GraphedStep, LaggedReadout
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class NeRFConfig:
     lr, betas, eps, weight_decay: Adam; lr_decay at progress 0.5/0.75/0.9; warmup_steps of linear warm-up.
     loss: huber (smooth L1, nerfacc) or mse.
     render_chunk: rays per chunk when rendering images.
+    jitter: randomise each training ray's first step within one step (stratified sampling).
+    cuda_graphs: on CUDA, replay the training step as a CUDA graph (one launch instead of hundreds).
     backend: auto | torch | triton for ray marching and compositing (the field has its own, field.backend).
     """
 
@@ -83,6 +88,8 @@ class NeRFConfig:
     warmup_steps: int = 100
     loss: str = "huber"
     render_chunk: int = 1 << 14
+    jitter: bool = True
+    cuda_graphs: bool = True
     backend: Literal["auto", "torch", "triton"] = "auto"
 
     def validate(self, where: str) -> None:
@@ -132,21 +139,26 @@ class NeRF:
         self.max_step = self.grid.cell_size(levels - 1) * math.sqrt(3.0)
         self.near = scene.near if config.near < 0 else config.near
         self.far = 1e10 if config.far < 0 else config.far
-        self.rays_per_batch = config.initial_rays
+        self.rays_per_batch = round_rays(config.initial_rays)
         self.candidates_per_ray = float(steps_to_cover(float(self.near), self.grid.outer_diagonal, self.step_size,
                                                        self.cone_angle, self.max_step))  # until measured
+        self.candidates = self.candidate_buffer(self.rays_per_batch)
         self.readout = LaggedReadout()
+        cuda = self.device.type == "cuda"
+        # on CUDA the learning rate is a device tensor, so a captured step reads the current value
+        lr = torch.tensor(config.lr, device=self.device) if cuda else config.lr
         groups = [
             {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
             {"params": self.field.mlp_parameters(), "weight_decay": config.weight_decay},
         ]
         groups = [g for g in groups if g["params"]]
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
+        self.optimizer = torch.optim.Adam(groups, lr=lr, betas=config.betas, eps=config.eps, fused=cuda,
+                                          capturable=cuda)
         # fp16 MLPs: without loss scaling the small density gradients of faint fog underflow in fp16 (the
         # MLP's own x128 is not enough at 2^18+ samples per batch), so floaters never get trained away.
-        fp16 = self.device.type == "cuda" and config.field.precision == "fp16"
+        fp16 = cuda and config.field.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=500) if fp16 else None
+        self.step_graph = GraphedStep(self._optimise, enabled=cuda and config.cuda_graphs)
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -195,7 +207,7 @@ class NeRF:
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimisation step on a ray batch (see the module docstring). Returns 0-dim tensors; no host
-        sync."""
+        sync (on CUDA the returned tensors are overwritten by the next step: read them before it)."""
         c = self.config
         step = int(batch["step"])
         self.field.train()
@@ -204,12 +216,28 @@ class NeRF:
                              threshold=c.occupancy.threshold, warmup_steps=c.occupancy.warmup_steps)
         lr = self.lr_at(step, float(batch["progress"]))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        origins, directions, target = batch["origins"], batch["directions"], batch["rgb"]
-        R = origins.shape[0]
-        samples = self.march(origins, directions, jitter=True, capacity=c.target_samples,
-                             candidate_capacity=self.candidate_capacity(R))
-        out = self.shade(origins, directions, samples, batch["background"])
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        inputs = {key: batch[key] for key in ("origins", "directions", "rgb", "background")}
+        R = inputs["origins"].shape[0]
+        if R != self.rays_per_batch or self.candidates < self.candidate_buffer(R, slack=1.0):
+            self.candidates = self.candidate_buffer(R)  # a batch size of the caller's choosing
+        out = self.step_graph((R, self.candidates), inputs)
+        self.readout.push(out["counts"])
+        self.update_batch_size(R)
+        return {"loss": out["loss"], "mse": out["mse"], "psnr": out["psnr"],
+                "samples_per_ray": out["samples_per_ray"], "lr": torch.tensor(lr)}
+
+    def _optimise(self, shape: tuple[int, int], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """March, shade, loss, backward, optimizer step: the part of a step that may be a CUDA graph.
+        shape: (rays, candidate buffer); inputs: origins, directions, rgb, background (R, 3) each."""
+        c = self.config
+        origins, directions, target = inputs["origins"], inputs["directions"], inputs["rgb"]
+        samples = self.march(origins, directions, jitter=c.jitter, capacity=c.target_samples,
+                             candidate_capacity=shape[1])
+        out = self.shade(origins, directions, samples, inputs["background"])
         valid = samples.ray_valid().float()  # rays cut from the fixed buffer are left out of the loss
         n_valid = valid.sum().clamp_min(1.0)
         if c.loss == "huber":
@@ -228,29 +256,33 @@ class NeRF:
         with torch.no_grad():
             mse = ((out["rgb"] - target).square().mean(-1) * valid).sum() / n_valid
             counts = torch.stack([n_valid, samples.n_candidates.float(), samples.n_samples.float()])
-        self.readout.push(counts)
-        self.update_batch_size(R)
-        return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse),
-                "samples_per_ray": counts[2] / n_valid, "lr": torch.tensor(lr)}
+        return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "counts": counts,
+                "samples_per_ray": counts[2] / n_valid}
 
-    def candidate_capacity(self, n_rays: int) -> int:
-        """Marcher buffer for n_rays rays: 1.25 x the measured candidates per ray, in steps of 2^16 entries,
-        so that almost every ray fits."""
+    def candidate_buffer(self, n_rays: int, slack: float = 1.3) -> int:
+        """Marcher buffer for n_rays rays: `slack` x the measured candidates per ray, in steps of 2^16
+        entries, so that almost every ray fits."""
         block = 1 << 16
-        return max(block, math.ceil(1.25 * n_rays * self.candidates_per_ray / block) * block)
+        return max(block, math.ceil(slack * n_rays * self.candidates_per_ray / block) * block)
 
     def update_batch_size(self, n_rays: int) -> None:
-        """Pick the next batch's ray count (about target_samples samples after early stop) and candidates per
-        ray from the newest counts the GPU has handed back (a step or two old; never waits)."""
+        """Size the next batch from the newest counts the GPU has handed back (a step or two old; never
+        waits): rays for about target_samples samples after early stop, a candidate buffer 1.1-1.6x the
+        measured candidates. Both change only when they leave those margins, so shapes (and graphs) stay."""
         c = self.config
         latest = self.readout.poll()
         if latest is None:
             return
         n_valid, n_candidates, n_samples = latest
-        if n_valid >= 1:
-            self.candidates_per_ray = max(n_candidates / n_valid, 1.0)
-            per_ray = max(n_samples / n_valid, 1e-3)
-            self.rays_per_batch = int(min(max(c.target_samples / per_ray, c.min_rays), c.max_rays))
+        if n_valid < 1:
+            return
+        self.candidates_per_ray = max(n_candidates / n_valid, 1.0)
+        ideal = round_rays(min(max(c.target_samples / max(n_samples / n_valid, 1e-3), c.min_rays), c.max_rays))
+        if abs(ideal - self.rays_per_batch) > 0.1 * self.rays_per_batch:
+            self.rays_per_batch = ideal
+        R = self.rays_per_batch
+        if not self.candidate_buffer(R, 1.1) <= self.candidates <= self.candidate_buffer(R, 1.6):
+            self.candidates = self.candidate_buffer(R)
 
     @torch.no_grad()
     def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -286,34 +318,16 @@ class NeRF:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rays_per_batch = int(state["rays_per_batch"])
+        for group in self.optimizer.param_groups:  # keep the lr a device tensor (see __init__)
+            if self.device.type == "cuda" and not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(group["lr"], device=self.device)
+        self.step_graph.reset()  # the loaded state lives in new tensors
+        self.rays_per_batch = round_rays(int(state["rays_per_batch"]))
+        self.candidates = self.candidate_buffer(self.rays_per_batch)
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
 
 
-class LaggedReadout:
-    """Small device tensors read back on the host a little late, without ever waiting for the GPU.
-
-    `push` starts an asynchronous copy into pinned memory (a plain copy off CUDA); `poll` returns the newest
-    copy that has landed (or None before the first). Batch sizing uses it in place of a host sync per step.
-    """
-
-    def __init__(self):
-        self.pending: deque = deque()
-        self.latest: list[float] | None = None
-
-    def push(self, values: torch.Tensor) -> None:
-        """values: (K,) float tensor on any device."""
-        if values.device.type != "cuda":
-            self.latest = values.tolist()
-            return
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values.detach(), non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        self.pending.append((done, host))
-
-    def poll(self) -> list[float] | None:
-        while self.pending and self.pending[0][0].query():
-            self.latest = self.pending.popleft()[1].tolist()
-        return self.latest
+def round_rays(n: float) -> int:
+    """Ray counts in multiples of 128 (fewer distinct batch shapes; 16-divisible kernel arguments)."""
+    return max(128, int(n) // 128 * 128)

@@ -26,6 +26,7 @@ with distance (cone_angle 1/256) and a hash grid over the whole aabb_scale cube.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import RaySamples, march, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
+from ngraphics.training.ema import ParameterEMA
 from ngraphics.training.metrics import psnr_from_mse
 from ngraphics.training.step_graphs import GraphedStep, LaggedReadout
 
@@ -63,6 +65,7 @@ class NeRFConfig:
     lr, betas, eps, weight_decay: Adam; lr_decay at progress 0.5/0.75/0.9; warmup_steps of linear warm-up.
     loss: huber (smooth L1, nerfacc) or mse.
     render_chunk: rays per chunk when rendering images.
+    weight_ema: decay of the parameter average that renders and evaluates (instant-ngp: 0.95); 0 = off.
     jitter: randomise each training ray's first step within one step (stratified sampling).
     cuda_graphs: on CUDA, replay the training step as a CUDA graph (one launch instead of hundreds).
     backend: auto | torch | triton for ray marching and compositing (the field has its own, field.backend).
@@ -88,6 +91,7 @@ class NeRFConfig:
     warmup_steps: int = 100
     loss: str = "huber"
     render_chunk: int = 1 << 14
+    weight_ema: float = 0.95
     jitter: bool = True
     cuda_graphs: bool = True
     backend: Literal["auto", "torch", "triton"] = "auto"
@@ -98,6 +102,8 @@ class NeRFConfig:
         for key in ("render_steps", "target_samples", "initial_rays", "min_rays", "max_rays", "render_chunk"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise ConfigError(f"{where}.weight_ema: expected a number in [0, 1), got {self.weight_ema}")
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr: expected a positive number, got {self.lr}")
 
@@ -158,6 +164,7 @@ class NeRF:
         # MLP's own x128 is not enough at 2^18+ samples per batch), so floaters never get trained away.
         fp16 = cuda and config.field.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=500) if fp16 else None
+        self.ema = ParameterEMA(self.field, config.weight_ema) if config.weight_ema > 0 else None
         self.step_graph = GraphedStep(self._optimise, enabled=cuda and config.cuda_graphs)
 
     # --- pieces -----------------------------------------------------------------------------------------------
@@ -253,6 +260,8 @@ class NeRF:
         else:
             loss.backward()
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         with torch.no_grad():
             mse = ((out["rgb"] - target).square().mean(-1) * valid).sum() / n_valid
             counts = torch.stack([n_valid, samples.n_candidates.float(), samples.n_samples.float()])
@@ -286,8 +295,13 @@ class NeRF:
 
     @torch.no_grad()
     def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Images of C cameras of one size. Returns rgb (C, H, W, 3), depth (C, H, W, 1), alpha (C, H, W, 1),
-        float32 on the method's device. background: (3,) colour behind the scene, default white."""
+        """Images of C cameras of one size, with the averaged weights (`weight_ema`). Returns rgb
+        (C, H, W, 3), depth (C, H, W, 1), alpha (C, H, W, 1), float32 on the method's device.
+        background: (3,) colour behind the scene, default white."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            return self._render(cameras, background)
+
+    def _render(self, cameras: Cameras, background: torch.Tensor | None) -> dict[str, torch.Tensor]:
         self.field.eval()
         cameras = cameras.to(self.device)
         H, W = int(cameras.height[0]), int(cameras.width[0])
@@ -312,6 +326,8 @@ class NeRF:
                  "optimizer": self.optimizer.state_dict(), "rays_per_batch": self.rays_per_batch}
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["field_ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -326,6 +342,8 @@ class NeRF:
         self.candidates = self.candidate_buffer(self.rays_per_batch)
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None:  # checkpoints without an average start it from the loaded weights
+            self.ema.load_state_dict(state.get("field_ema", dict(self.field.named_parameters())))
 
 
 def round_rays(n: float) -> int:

@@ -16,7 +16,7 @@ asynchronously a step or two late (`LaggedReadout`), so the host queues the next
 On CUDA, steps 2-4 plus the optimizer replay as one CUDA graph (`GraphedStep`, `cuda_graphs`), recorded
 again only when the batch's shape changes; ray and candidate counts move with hysteresis (10 % / a
 1.1-1.6x window) so that it rarely does. The occupancy update stays outside the graph.
-Learning rate: linear warm-up over `warmup_steps`, then x `lr_decay` at progress 0.5, 0.75 and 0.9 (nerfacc's
+Learning rate: linear warm-up over `warmup_steps`, then x `lr_decay` at each of `lr_milestones` (0.5, 0.75 and 0.9: nerfacc's
 schedule, on the trainer's progress so time budgets work too).
 
 Bounded scenes (Blender) use one occupancy level and constant steps sqrt(3) x box / 1024. Scenes with
@@ -62,7 +62,8 @@ class NeRFConfig:
     far: ray end, world units; -1 = none (rays end where they leave the outermost occupancy cascade).
     target_samples: samples per batch the ray count adapts to (instant-ngp: 2^18).
     initial_rays, min_rays, max_rays: first batch size and bounds of the adapted one.
-    lr, betas, eps, weight_decay: Adam; lr_decay at progress 0.5/0.75/0.9; warmup_steps of linear warm-up.
+    lr, betas, eps, weight_decay: Adam; x lr_decay at each progress fraction in lr_milestones; warmup_steps of
+        linear warm-up.
     loss: huber (smooth L1, nerfacc) or mse.
     render_chunk: rays per chunk when rendering images.
     weight_ema: decay of the parameter average that renders and evaluates (instant-ngp: 0.95); 0 = off.
@@ -88,6 +89,7 @@ class NeRFConfig:
     eps: float = 1e-15
     weight_decay: float = 1e-6
     lr_decay: float = 0.33
+    lr_milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
     warmup_steps: int = 100
     loss: str = "huber"
     render_chunk: int = 1 << 14
@@ -172,7 +174,7 @@ class NeRF:
     def lr_at(self, step: int, progress: float) -> float:
         c = self.config
         warm = min(1.0, (step + 1) / max(c.warmup_steps, 1))
-        decays = sum(progress >= m for m in (0.5, 0.75, 0.9))
+        decays = sum(progress >= m for m in c.lr_milestones)
         return c.lr * warm * c.lr_decay**decays
 
     def occupancy_fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,8 +236,8 @@ class NeRF:
         out = self.step_graph((R, self.candidates), inputs)
         self.readout.push(out["counts"])
         self.update_batch_size(R)
-        return {"loss": out["loss"], "mse": out["mse"], "psnr": out["psnr"],
-                "samples_per_ray": out["samples_per_ray"], "lr": torch.tensor(lr)}
+        metrics = {key: out[key] for key in ("loss", "mse", "psnr", "samples_per_ray", "loss_scale") if key in out}
+        return {**metrics, "lr": torch.tensor(lr)}
 
     def _optimise(self, shape: tuple[int, int], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """March, shade, loss, backward, optimizer step: the part of a step that may be a CUDA graph.
@@ -265,8 +267,11 @@ class NeRF:
         with torch.no_grad():
             mse = ((out["rgb"] - target).square().mean(-1) * valid).sum() / n_valid
             counts = torch.stack([n_valid, samples.n_candidates.float(), samples.n_samples.float()])
-        return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "counts": counts,
-                "samples_per_ray": counts[2] / n_valid}
+        out = {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "counts": counts,
+               "samples_per_ray": counts[2] / n_valid}
+        if self.scaler is not None:  # GradScaler has no async getter; its device scale, copied for the logs
+            out["loss_scale"] = self.scaler._scale.detach().clone()
+        return out
 
     def candidate_buffer(self, n_rays: int, slack: float = 1.3) -> int:
         """Marcher buffer for n_rays rays: `slack` x the measured candidates per ray, in steps of 2^16

@@ -10,7 +10,14 @@ import torch
 from ngraphics.cameras import Cameras
 from ngraphics.rendering.camera_paths import focus_point, make_path, orbit
 from ngraphics.rendering.compositing import composite, offsets_from_counts
-from ngraphics.rendering.marching import RaySamples, fit_to_capacity, march, ray_aabb, step_edges, steps_to_cover
+from ngraphics.rendering.marching import (
+    RaySamples,
+    fit_to_capacity,
+    march,
+    ray_aabb,
+    step_edges,
+    steps_to_cover,
+)
 from ngraphics.rendering.occupancy import OccupancyGrid
 
 

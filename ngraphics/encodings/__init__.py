@@ -7,7 +7,6 @@ name -> class table (tiny-cuda-nn matches `otype` case-insensitively, and so do 
 from __future__ import annotations
 
 import inspect
-
 from typing import Any
 
 import torch

@@ -34,6 +34,7 @@ from ngraphics.errors import ConfigError
 from ngraphics.io.images import write_image
 from ngraphics.training.metrics import psnr, ssim
 from ngraphics.training.run_folder import RunFolder
+from ngraphics.training.step_profile import StepProfile
 
 # --- configs ---------------------------------------------------------------------------------------------------
 
@@ -386,7 +387,7 @@ class Trainer:
         try:
             while not self._done():
                 if t.profile_at and self.step == t.profile_at:
-                    profiler = _Profile(self)
+                    profiler = StepProfile(self)
                 elif profiler is not None and self.step == t.profile_at + t.profile_steps:
                     try:
                         profiler.finish(t.profile_steps)
@@ -471,61 +472,6 @@ def restore_run(run: RunFolder, split: str | None = None, device: str = "auto", 
     method = method_class(config.method)(config.model, scene, pick_device(device))
     method.load_state_dict(state["method"])
     return config, method, scene, path
-
-
-class _Profile:
-    """torch.profiler over a few training steps; `finish` writes RUN/profile.txt and a metrics record.
-
-    Device time is grouped with the method's optional `profile_categories` ({category: (substring, ...)}
-    matched against kernel/operation names); what matches none is "rest". `step_ms` is wall time per step
-    (synchronised), so step_ms minus the device total is time the GPU sat idle (launches, host syncs)."""
-
-    def __init__(self, trainer: Trainer):
-        from torch.profiler import ProfilerActivity, profile
-
-        self.trainer = trainer
-        self.cuda = trainer.device.type == "cuda"
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        self._sync()
-        self.start = time.perf_counter()
-        self.prof = profile(activities=activities)
-        self.prof.__enter__()
-
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.trainer.device)
-
-    def finish(self, steps: int) -> dict:
-        self._sync()
-        wall_ms = (time.perf_counter() - self.start) * 1e3 / steps
-        self.prof.__exit__(None, None, None)
-        events = self.prof.key_averages()
-        categories = getattr(self.trainer.method, "profile_categories", {})
-        split: dict[str, float] = {name: 0.0 for name in categories}
-        split["rest"] = 0.0
-        for e in events:  # kernels only (operator rows repeat their kernels' time)
-            if not self.cuda or e.device_type != torch.autograd.DeviceType.CUDA:
-                continue
-            us = e.self_device_time_total
-            if us <= 0:
-                continue
-            name = next((c for c, keys in categories.items() if any(k in e.key for k in keys)), "rest")
-            split[name] += us / 1e3 / steps
-        device_ms = sum(split.values())
-        lines = [f"profile of {steps} steps from step {self.trainer.step - steps} on {self.trainer.device}",
-                 f"wall time per step: {wall_ms:.3f} ms"]
-        if self.cuda:
-            lines.append(f"GPU busy per step: {device_ms:.3f} ms (idle {max(wall_ms - device_ms, 0):.3f} ms)")
-            lines += [f"  {k:<12} {v:8.3f} ms  {100 * v / max(wall_ms, 1e-9):5.1f}% of the step" for k, v in split.items()]
-        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
-        lines += ["", events.table(sort_by=sort, row_limit=30)]
-        (self.trainer.run.path / "profile.txt").write_text("\n".join(lines) + "\n")
-        record = {"step": self.trainer.step, "split": "profile", "step_ms": round(wall_ms, 3)}
-        if self.cuda:
-            record.update({f"{k}_ms": round(v, 3) for k, v in split.items()})
-        self.trainer.run.log(record)
-        print("\n".join(lines[:3 + (len(split) if self.cuda else 0)]), file=sys.stderr)
-        return record
 
 
 def evaluate_method(method, scene: SceneData, background: str, views: list[int] | None = None,

@@ -339,9 +339,9 @@ class NeRF:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # keep the lr a device tensor (see __init__)
-            if self.device.type == "cuda" and not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(group["lr"], device=self.device)
+        for group in self.optimizer.param_groups:  # lr: a tensor on this device on CUDA (see __init__), else a float
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if self.device.type == "cuda" else lr
         self.step_graph.reset()  # the loaded state lives in new tensors
         self.rays_per_batch = round_rays(int(state["rays_per_batch"]))
         self.candidates = self.candidate_buffer(self.rays_per_batch)

@@ -6,7 +6,6 @@ name -> class table (tiny-cuda-nn matches `otype` case-insensitively, and so do 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -65,7 +64,7 @@ def create_encoding(
         raise ConfigError(f"{where}: needs an otype key, one of {', '.join(ENCODINGS)}")
     cls = encoding_class(config["otype"], f"{where}.otype")
     if gradient_dtype is not None:
-        if "gradient_dtype" not in inspect.signature(cls.__init__).parameters:
+        if not cls.has_gradient_dtype:
             raise ConfigError(f"{where}: {config['otype']} has no gradient_dtype option (grids and Simplex do)")
         return cls(n_input_dims, config, backend=backend, strict=strict, dtype=dtype, gradient_dtype=gradient_dtype)
     if cls.has_dtype:

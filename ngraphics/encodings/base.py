@@ -20,20 +20,13 @@ from ngraphics.errors import ConfigError
 PRECISIONS = (torch.float32, torch.float16)
 
 
-def check_precision(dtype: Any, where: str) -> torch.dtype | None:
-    """The `dtype` option of encodings with tables (grids, Simplex): None, torch.float32 or torch.float16."""
+def check_precision(dtype: Any, where: str, key: str = "dtype") -> torch.dtype | None:
+    """A precision option of encodings with tables (grids, Simplex): None, torch.float32 or torch.float16.
+    key: the option's name, `dtype` (tables and output) or `gradient_dtype` (how the Triton kernels sum the
+    table gradient: float32, or tiny-cuda-nn's half2 sums on sm_90 GPUs; the torch backend always sums in
+    float32)."""
     if dtype is not None and dtype not in PRECISIONS:
-        raise ConfigError(f"{where}.dtype: must be None, torch.float32 or torch.float16, got {dtype}")
-    return dtype
-
-
-def check_gradient_dtype(dtype: Any, where: str) -> torch.dtype | None:
-    """The `gradient_dtype` option of encodings with tables: None or torch.float32 (the Triton kernels sum
-    table gradients in float32) or torch.float16 (tiny-cuda-nn's half2 sums on sm_90 GPUs, a speed option
-    with tcnn's precision). The torch backend always sums in float32."""
-    if dtype is not None and dtype not in PRECISIONS:
-        raise ConfigError(f"{where}.gradient_dtype: must be None, torch.float32 or torch.float16, "
-                          f"got {dtype}")
+        raise ConfigError(f"{where}.{key}: must be None, torch.float32 or torch.float16, got {dtype}")
     return dtype
 
 
@@ -63,6 +56,7 @@ class Encoding(nn.Module):
     otype: ClassVar[str] = ""
     Config: ClassVar[type] = type(None)
     has_dtype: ClassVar[bool] = False  # __init__ takes `dtype` (tables and output precision; see HashGrid)
+    has_gradient_dtype: ClassVar[bool] = False  # __init__ takes `gradient_dtype` (kernels' gradient sums)
 
     def __init__(self, n_input_dims: int, config: Any = None, *, backend: str = "auto", strict: bool = True):
         super().__init__()

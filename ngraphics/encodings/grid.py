@@ -61,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ngraphics.backends import resolve_backend
 from ngraphics.config import from_dict
-from ngraphics.encodings.base import Encoding, check_gradient_dtype, check_precision, round_params
+from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError, choice_message
 
 GRID_TYPES = ("Hash", "Dense", "Tiled")
@@ -424,6 +424,7 @@ class Grid(Encoding):
     otype = "Grid"
     Config = GridConfig
     has_dtype = True
+    has_gradient_dtype = True
 
     def __init__(self, n_input_dims: int, config: Any = None, *, backend: str = "auto", strict: bool = True,
                  seed: int = 1337, dtype: torch.dtype | None = None,
@@ -431,7 +432,7 @@ class Grid(Encoding):
         super().__init__(n_input_dims, _levels_from_n_features(config, self.otype), backend=backend,
                          strict=strict)
         self.dtype = check_precision(dtype, self.otype)
-        self.gradient_dtype = check_gradient_dtype(gradient_dtype, self.otype)
+        self.gradient_dtype = check_precision(gradient_dtype, self.otype, "gradient_dtype")
         self.spec = grid_spec(n_input_dims, self.config, self.otype)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
         self._triton_reason = triton_unsupported_reason(self.spec)

@@ -50,7 +50,7 @@ from torch import nn
 
 from ngraphics.backends import resolve_backend
 from ngraphics.config import from_dict
-from ngraphics.encodings.base import Encoding, check_gradient_dtype, check_precision, round_params
+from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError
 
 PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -263,6 +263,7 @@ class Simplex(Encoding):
     otype = "Simplex"
     Config = SimplexConfig
     has_dtype = True
+    has_gradient_dtype = True
 
     def __init__(
         self, n_input_dims: int, config=None, *, backend: str = "auto", strict: bool = True, seed: int = 1337,
@@ -270,7 +271,7 @@ class Simplex(Encoding):
     ):
         super().__init__(n_input_dims, config, backend=backend, strict=strict)
         self.dtype = check_precision(dtype, self.otype)
-        self.gradient_dtype = check_gradient_dtype(gradient_dtype, self.otype)
+        self.gradient_dtype = check_precision(gradient_dtype, self.otype, "gradient_dtype")
         self.spec = simplex_spec(n_input_dims, self.config)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
         generator = torch.Generator().manual_seed(seed)

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("mp4", "png"), default="mp4", help="mp4 (default) or png")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--scale", type=float, default=1.0, help="image size factor (0.5 halves width and height)")
+    parser.add_argument("--spp", type=int, default=1, help="rays per pixel, averaged over sub-pixel offsets "
+                        "(anti-aliasing; default 1)")
     parser.add_argument("--out", metavar="PATH", help="output file (mp4) or folder (png)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--runs-dir", default="runs", metavar="DIR")
@@ -44,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from ngraphics.io.atomic import atomic_path
     from ngraphics.io.images import write_image
     from ngraphics.rendering.camera_paths import make_path
+    from ngraphics.rendering.supersampling import render_supersampled
     from ngraphics.training.run_folder import resolve_run
     from ngraphics.training.trainer import BACKGROUNDS, restore_run
 
-    if args.frames < 1 or args.scale <= 0:
-        raise ConfigError(f"--frames must be >= 1 and --scale > 0, got {args.frames} and {args.scale}")
+    if args.frames < 1 or args.scale <= 0 or args.spp < 1:
+        raise ConfigError(f"--frames and --spp must be >= 1 and --scale > 0, got {args.frames}, {args.spp} and "
+                          f"{args.scale}")
     folder = resolve_run(args.run, args.runs_dir)
     config, method, scene, _ = restore_run(folder, None, args.device)
     cameras = make_path(args.path, scene.cameras, args.frames, scale=args.scale)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     def render(i: int) -> torch.Tensor:  # timed, synchronised: frames/s counts rendering only, not encoding
         start = time.perf_counter()
-        rgb = method.render(cameras[i], background=background)["rgb"][0]
+        rgb = render_supersampled(method, cameras[i], background, args.spp)["rgb"][0]
         if rgb.is_cuda:
             torch.cuda.synchronize(rgb.device)
         seconds[0] += time.perf_counter() - start

@@ -67,6 +67,8 @@ def test_bad_values_are_one_line(tmp_path):
     cases = [
         ("trainer:\n  steps: ten\n", "trainer.steps: expected an integer"),
         ("trainer:\n  steps: 0\n", "trainer.steps: expected a positive integer"),
+        ("trainer:\n  eval_spp: 0\n", "trainer.eval_spp: expected a positive integer"),
+        ("trainer:\n  pixel_jitter: sometimes\n", "trainer.pixel_jitter"),
         ("data:\n  background: pink\n", "data.background: 'pink' is not one of"),
         ("model:\n  occupancy: {resolution: 7}\n", "occupancy.resolution: expected an even integer"),
         ("model:\n  loss: l3\n", "model.loss: 'l3' is not one of huber, mse"),
@@ -209,7 +211,14 @@ def test_cli_train_eval_render_on_a_tiny_run(tmp_path, capsys):
     image = torch.from_numpy(read_image(run / "eval" / f"{scene.names[0]}.png"))[..., :3]
     assert abs(psnr(image, scene.rgb_on(0, (1.0, 1.0, 1.0))) - metrics["per_view"][0]["psnr"]) < 0.5
 
-    assert main(["render", str(run), "--path", "orbit", "--frames", "3", "--format", "png"]) == 0
+    assert main(["eval", str(run), "--spp", "4", "--no-images"]) == 0  # supersampled: a close, different score
+    supersampled = json.loads((run / "eval" / "metrics.json").read_text())
+    assert supersampled["spp"] == 4 and supersampled["psnr"] != metrics["psnr"]
+    assert abs(supersampled["psnr"] - metrics["psnr"]) < 2.0
+    assert main(["eval", str(run), "--spp", "0"]) == 2
+    assert "--spp: expected a positive integer, got 0" in capsys.readouterr().err
+
+    assert main(["render", str(run), "--path", "orbit", "--frames", "3", "--format", "png", "--spp", "2"]) == 0
     assert sorted(p.name for p in (run / "video" / "orbit").iterdir()) == [f"frame_{i:04d}.png" for i in range(3)]
     assert main(["render", str(run), "--frames", "2"]) == 0  # mp4, or PNGs with a message without imageio-ffmpeg
     err = capsys.readouterr().err

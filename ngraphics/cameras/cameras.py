@@ -73,6 +73,14 @@ class Cameras:
         height = torch.round(self.height.to(torch.float64) * factor).to(torch.int64)
         return replace(self, K=K, width=width, height=height)
 
+    def shifted(self, du: float, dv: float) -> "Cameras":
+        """The same cameras with every pixel moved by (du, dv) pixels: the ray through pixel centre (i + 0.5,
+        j + 0.5) of the result is the ray through (i + 0.5 + du, j + 0.5 + dv) of these (supersampling)."""
+        K = self.K.clone()
+        K[:, 0, 2] -= du
+        K[:, 1, 2] -= dv
+        return replace(self, K=K)
+
     def rays(self, camera_index: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World-space rays through pixel positions of undistorted cameras.
 

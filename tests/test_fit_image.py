@@ -117,6 +117,54 @@ def test_tcnn_adam_matches_kernel_loop():
     assert all(p[i].item() == np.float32(w0[i]) for i in untouched)
 
 
+def test_tcnn_adam_takes_the_grad_scaler_protocol_and_a_tensor_lr():
+    """GradScaler's contract with optimizers that unscale themselves (`grad_scale`, `found_inf` tensors): a
+    scaled step equals the unscaled one (the kernel-loop reference), an overflowing step changes nothing."""
+    rng = np.random.default_rng(5)
+    n, n_matrix = 30, 10
+    grads = [rng.normal(size=n) * (rng.random(n) < 0.5) for _ in range(4)]
+    cfg = AdamConfig(learning_rate=1e-2, beta1=0.9, beta2=0.99, epsilon=1e-15, l2_reg=1e-3)
+    w0 = rng.normal(size=n)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    opt = TcnnAdam([{"params": [p], "n_matrix": n_matrix}], cfg)
+    opt.param_groups[0]["lr"] = torch.tensor(1e-2)  # as NeRF keeps it on CUDA, for CUDA graphs
+    assert TcnnAdam._step_supports_amp_scaling
+    for g in grads:
+        opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(0.0)
+        p.grad = torch.tensor(g * 1024.0, dtype=torch.float32)
+        opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), _adam_reference(w0, grads, n_matrix, cfg), rtol=1e-5, atol=1e-6)
+    before = {k: v.clone() for k, v in opt.state[p].items()}, p.detach().clone()
+    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(1.0)
+    p.grad = torch.full((n,), float("inf"))
+    opt.step()
+    assert torch.equal(p.detach(), before[1]) and all(torch.equal(opt.state[p][k], v) for k, v in before[0].items())
+
+
+def test_tcnn_adam_under_a_real_grad_scaler():
+    """The same protocol driven by torch.amp.GradScaler itself (CPU scaler): scaled loss, step, update."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    models = [torch.nn.Linear(3, 1) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    cfg = AdamConfig(learning_rate=1e-2, l2_reg=0.5)  # L2 makes the step depend on the gradient's scale
+    plain, scaled = (TcnnAdam([{"params": list(m.parameters())}], cfg) for m in models)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for _ in range(5):
+        for model, opt in ((models[0], plain), (models[1], scaled)):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            if opt is scaled:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_param_groups_split_network_and_encoding():
     from ngraphics.networks import NetworkWithInputEncoding
 

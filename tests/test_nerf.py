@@ -143,6 +143,34 @@ def test_rays_cut_from_the_buffer_do_not_reach_the_loss():
     assert not torch.equal(grads[0][1], NeRF(config, _scene()).field.encoding.params.detach())  # it trained
 
 
+def test_tcnn_optimizer_leaves_untouched_table_entries_alone():
+    # instant-ngp's Adam (optimizer: tcnn) moves a hash-table entry only in steps that give it a gradient;
+    # torch's Adam keeps moving entries on momentum after their rays are gone
+    moved_without_gradient = {}
+    for name in ("tcnn", "adam"):
+        torch.manual_seed(0)
+        nerf = NeRF(from_dict(NeRFConfig, {**SMALL, "optimizer": name, "target_samples": 2000}), _scene())
+        table = nerf.field.encoding.params
+        nerf.train_step(_batch(64, step=1))
+        narrow = _batch(8, step=2)  # a few rays: most entries the first step touched get no gradient now
+        before = table.detach().clone()
+        losses = nerf.train_step(narrow)
+        assert torch.isfinite(losses["loss"])
+        gradient = table.grad != 0
+        changed = table.detach() != before
+        assert gradient.any() and (changed[gradient]).float().mean() > 0.99  # entries with a gradient move
+        moved_without_gradient[name] = int((changed & ~gradient).sum()) / int(gradient.sum())
+    assert moved_without_gradient["tcnn"] == 0 and moved_without_gradient["adam"] > 0.05, moved_without_gradient
+    # the per-element moments and step counts survive a checkpoint
+    a = NeRF(from_dict(NeRFConfig, {**SMALL, "optimizer": "tcnn"}), _scene())
+    a.train_step(_batch(32, step=1))
+    b = NeRF(from_dict(NeRFConfig, {**SMALL, "optimizer": "tcnn"}), _scene())
+    b.load_state_dict(a.state_dict())
+    for key in ("m", "v", "t"):
+        torch.testing.assert_close(b.optimizer.state[b.field.encoding.params][key],
+                                   a.optimizer.state[a.field.encoding.params][key])
+
+
 @pytest.mark.gpu
 def test_train_step_never_waits_for_the_gpu():
     config = from_dict(NeRFConfig, {**SMALL, "target_samples": 4096, "cuda_graphs": False})
@@ -161,10 +189,12 @@ def test_train_step_never_waits_for_the_gpu():
 
 
 @pytest.mark.gpu
-def test_cuda_graph_steps_train_like_eager_steps():
+@pytest.mark.parametrize("optimizer", ["adam", "tcnn"])
+def test_cuda_graph_steps_train_like_eager_steps(optimizer):
     # without jitter the step is deterministic up to the order of float atomics: a replayed graph must give
     # the parameters that eager steps give, and replay (not re-capture) once the batch shape is stable
-    config = {**SMALL, "target_samples": 4096, "jitter": False, "occupancy": {"resolution": 8, "update_every": 1000}}
+    config = {**SMALL, "target_samples": 4096, "jitter": False, "occupancy": {"resolution": 8, "update_every": 1000},
+              "optimizer": optimizer}
     runs = []
     for graphs in (False, True):
         torch.manual_seed(0)

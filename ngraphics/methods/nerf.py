@@ -43,6 +43,7 @@ from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import RaySamples, march, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
+from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
 from ngraphics.training.ema import ParameterEMA
 from ngraphics.training.metrics import psnr_from_mse
 from ngraphics.training.step_graphs import GraphedStep, LaggedReadout
@@ -63,7 +64,9 @@ class NeRFConfig:
     target_samples: samples per batch the ray count adapts to (instant-ngp: 2^18).
     initial_rays, min_rays, max_rays: first batch size and bounds of the adapted one.
     lr, betas, eps, weight_decay: Adam; x lr_decay at each progress fraction in lr_milestones; warmup_steps of
-        linear warm-up.
+        linear warm-up; weight_decay is L2 on the MLP weights only.
+    optimizer: adam (torch's fused Adam) or tcnn (tiny-cuda-nn's Adam, instant-ngp's: hash-table entries
+        whose gradient is exactly 0 skip the step, moments included, and every element counts its own steps).
     loss: huber (smooth L1, nerfacc) or mse.
     render_chunk: rays per chunk when rendering images.
     weight_ema: decay of the parameter average that renders and evaluates (instant-ngp: 0.95); 0 = off.
@@ -91,6 +94,7 @@ class NeRFConfig:
     lr_decay: float = 0.33
     lr_milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
     warmup_steps: int = 100
+    optimizer: Literal["adam", "tcnn"] = "adam"
     loss: str = "huber"
     render_chunk: int = 1 << 14
     weight_ema: float = 0.95
@@ -155,13 +159,7 @@ class NeRF:
         cuda = self.device.type == "cuda"
         # on CUDA the learning rate is a device tensor, so a captured step reads the current value
         lr = torch.tensor(config.lr, device=self.device) if cuda else config.lr
-        groups = [
-            {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
-            {"params": self.field.mlp_parameters(), "weight_decay": config.weight_decay},
-        ]
-        groups = [g for g in groups if g["params"]]
-        self.optimizer = torch.optim.Adam(groups, lr=lr, betas=config.betas, eps=config.eps, fused=cuda,
-                                          capturable=cuda)
+        self.optimizer = self.make_optimizer(lr)
         # fp16 MLPs: without loss scaling the small density gradients of faint fog underflow in fp16 (the
         # MLP's own x128 is not enough at 2^18+ samples per batch), so floaters never get trained away.
         fp16 = cuda and config.field.precision == "fp16"
@@ -170,6 +168,24 @@ class NeRF:
         self.step_graph = GraphedStep(self._optimise, enabled=cuda and config.cuda_graphs)
 
     # --- pieces -----------------------------------------------------------------------------------------------
+
+    def make_optimizer(self, lr: float | torch.Tensor) -> torch.optim.Optimizer:
+        """`optimizer`: torch's fused Adam, or tcnn's; both take a device-tensor lr and a GradScaler inside a
+        CUDA graph. Weight decay (L2) on the MLP weights only."""
+        c, cuda = self.config, self.device.type == "cuda"
+        if c.optimizer == "tcnn":
+            adam = AdamConfig(learning_rate=c.lr, beta1=c.betas[0], beta2=c.betas[1], epsilon=c.eps,
+                              l2_reg=c.weight_decay)
+            optimizer = TcnnAdam(tcnn_param_groups(self.field), adam)
+            for group in optimizer.param_groups:
+                group["lr"] = lr.clone() if isinstance(lr, torch.Tensor) else lr
+            return optimizer
+        groups = [
+            {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
+            {"params": self.field.mlp_parameters(), "weight_decay": c.weight_decay},
+        ]
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.Adam(groups, lr=lr, betas=c.betas, eps=c.eps, fused=cuda, capturable=cuda)
 
     def lr_at(self, step: int, progress: float) -> float:
         c = self.config

@@ -59,12 +59,19 @@ class TcnnAdam(torch.optim.Optimizer):
       `decay(w) = (1 - relative_decay * lr_t) * w - copysign(absolute_decay * lr_t, w)`, (lo, hi) = (0, inf)
       or AdaBound's bounds, then optional clipping to +-clipping_magnitude.
 
+    Mixed precision: `torch.amp.GradScaler` hands it the loss scale and an overflow flag as tensors
+    (`grad_scale`, `found_inf`, the protocol of torch's fused optimizers), so the gradients are unscaled and
+    an overflowing step is skipped on the device, without a host sync: the step can be part of a CUDA
+    graph, and a group's `lr` may be a 0-dim device tensor for the same reason.
+
     Args:
         params: parameter groups as for torch optimizers; a group's `n_matrix` (int) says how many leading
             elements of each of its tensors are matrix weights (default: all). `tcnn_param_groups(model)`
             builds them for ngraphics modules.
         config: `AdamConfig`; `learning_rate` becomes each group's `lr` (schedulers may change it).
     """
+
+    _step_supports_amp_scaling = True  # GradScaler sets self.grad_scale / self.found_inf before step()
 
     def __init__(self, params, config: AdamConfig):
         super().__init__(params, {"lr": config.learning_rate, "n_matrix": None})
@@ -75,6 +82,9 @@ class TcnnAdam(torch.optim.Optimizer):
     def step(self, closure=None):
         c = self.config
         self.n_steps += 1
+        scale = getattr(self, "grad_scale", None)  # set by GradScaler for this step only
+        found_inf = getattr(self, "found_inf", None)
+        keep = None if found_inf is None else found_inf == 0  # 0-dim bool: False skips the whole step
         bounds = (0.0, math.inf)
         if c.adabound:
             bounds = (0.1 - 0.1 / ((1 - c.beta2) * self.n_steps + 1), 0.1 + 0.1 / ((1 - c.beta2) * self.n_steps))
@@ -87,15 +97,19 @@ class TcnnAdam(torch.optim.Optimizer):
                     for key in ("m", "v", "t"):
                         state[key] = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
                 n = p.numel() if group["n_matrix"] is None else int(group["n_matrix"])
-                w_all, g_all = p.data.view(-1), p.grad.reshape(-1)
+                w_all, g_all = p.data.view(-1), p.grad.reshape(-1).float()
+                if scale is not None:
+                    g_all = g_all / scale.float()
                 for lo, hi, matrix in ((0, n, True), (n, p.numel(), False)):
                     if hi > lo and (c.optimize_matrix_params if matrix else c.optimize_non_matrix_params):
                         lr = group["lr"] * (1.0 if matrix else c.non_matrix_learning_rate_factor)
-                        self._update(w_all[lo:hi], g_all[lo:hi].float(), {k: v[lo:hi] for k, v in state.items()},
-                                     lr, matrix, bounds)
+                        self._update(w_all[lo:hi], g_all[lo:hi], {k: v[lo:hi] for k, v in state.items()},
+                                     lr, matrix, bounds, keep)
 
-    def _update(self, w: torch.Tensor, g: torch.Tensor, state: dict, lr: float, matrix: bool, bounds) -> None:
-        """One Adam step on the 1-D slices w, g and their state slices (updated in place)."""
+    def _update(self, w: torch.Tensor, g: torch.Tensor, state: dict, lr, matrix: bool, bounds,
+                keep: torch.Tensor | None = None) -> None:
+        """One Adam step on the 1-D slices w, g and their state slices (updated in place). lr: float or 0-dim
+        tensor; keep: None, or a 0-dim bool tensor that is False when the step must leave everything as is."""
         c = self.config
         w32 = w.float()
         if matrix:
@@ -108,10 +122,12 @@ class TcnnAdam(torch.optim.Optimizer):
         new = (1 - c.relative_decay * lr_t) * w32 - torch.copysign(c.absolute_decay * lr_t, w32) - step * m
         if c.clipping_magnitude:
             new = new.clamp(-c.clipping_magnitude, c.clipping_magnitude)
-        if not matrix:  # untouched table entries keep their value and state
-            touched = g != 0
-            m, v, t = torch.where(touched, m, state["m"]), torch.where(touched, v, state["v"]), torch.where(touched, t, state["t"])
-            new = torch.where(touched, new, w32)
+        update = None if matrix else g != 0  # untouched table entries keep their value and state
+        if keep is not None:
+            update = keep if update is None else update & keep
+        if update is not None:
+            m, v, t = torch.where(update, m, state["m"]), torch.where(update, v, state["v"]), torch.where(update, t, state["t"])
+            new = torch.where(update, new, w32)
         state["m"].copy_(m)
         state["v"].copy_(v)
         state["t"].copy_(t)

@@ -157,9 +157,7 @@ class NeRF:
         self.candidates = self.candidate_buffer(self.rays_per_batch)
         self.readout = LaggedReadout()
         cuda = self.device.type == "cuda"
-        # on CUDA the learning rate is a device tensor, so a captured step reads the current value
-        lr = torch.tensor(config.lr, device=self.device) if cuda else config.lr
-        self.optimizer = self.make_optimizer(lr)
+        self.optimizer = self.make_optimizer()
         # fp16 MLPs: without loss scaling the small density gradients of faint fog underflow in fp16 (the
         # MLP's own x128 is not enough at 2^18+ samples per batch), so floaters never get trained away.
         fp16 = cuda and config.field.precision == "fp16"
@@ -169,7 +167,12 @@ class NeRF:
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
-    def make_optimizer(self, lr: float | torch.Tensor) -> torch.optim.Optimizer:
+    def lr_holder(self, value: float) -> float | torch.Tensor:
+        """A learning rate as this method's optimizer groups hold it: on CUDA a 0-dim device tensor (updated
+        in place, so a captured CUDA-graph step reads the current value), elsewhere a float."""
+        return torch.tensor(value, device=self.device) if self.device.type == "cuda" else value
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
         """`optimizer`: torch's fused Adam, or tcnn's; both take a device-tensor lr and a GradScaler inside a
         CUDA graph. Weight decay (L2) on the MLP weights only."""
         c, cuda = self.config, self.device.type == "cuda"
@@ -178,14 +181,15 @@ class NeRF:
                               l2_reg=c.weight_decay)
             optimizer = TcnnAdam(tcnn_param_groups(self.field), adam)
             for group in optimizer.param_groups:
-                group["lr"] = lr.clone() if isinstance(lr, torch.Tensor) else lr
+                group["lr"] = self.lr_holder(c.lr)
             return optimizer
         groups = [
             {"params": self.field.encoding_parameters(), "weight_decay": 0.0},
             {"params": self.field.mlp_parameters(), "weight_decay": c.weight_decay},
         ]
         groups = [g for g in groups if g["params"]]
-        return torch.optim.Adam(groups, lr=lr, betas=c.betas, eps=c.eps, fused=cuda, capturable=cuda)
+        return torch.optim.Adam(groups, lr=self.lr_holder(c.lr), betas=c.betas, eps=c.eps, fused=cuda,
+                                capturable=cuda)
 
     def lr_at(self, step: int, progress: float) -> float:
         c = self.config
@@ -355,9 +359,8 @@ class NeRF:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # lr: a tensor on this device on CUDA (see __init__), else a float
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=self.device) if self.device.type == "cuda" else lr
+        for group in self.optimizer.param_groups:  # as `lr_holder` keeps it, whatever the checkpoint's device
+            group["lr"] = self.lr_holder(float(group["lr"]))
         self.step_graph.reset()  # the loaded state lives in new tensors
         self.rays_per_batch = round_rays(int(state["rays_per_batch"]))
         self.candidates = self.candidate_buffer(self.rays_per_batch)

@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from ngraphics.io.atomic import atomic_write_text
+
 
 class StepProfile:
     """torch.profiler over a few training steps; `finish` writes RUN/profile.txt and a metrics record.
@@ -54,7 +56,7 @@ class StepProfile:
             lines += [f"  {k:<12} {v:8.3f} ms  {100 * v / max(wall_ms, 1e-9):5.1f}% of the step" for k, v in split.items()]
         sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
         lines += ["", events.table(sort_by=sort, row_limit=30)]
-        (self.trainer.run.path / "profile.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_text(self.trainer.run.path / "profile.txt", "\n".join(lines) + "\n")
         record = {"step": self.trainer.step, "split": "profile", "step_ms": round(wall_ms, 3)}
         if self.cuda:
             record.update({f"{k}_ms": round(v, 3) for k, v in split.items()})

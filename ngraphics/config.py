@@ -23,6 +23,23 @@ from ngraphics.errors import ConfigError, DataError, choice_message, unknown_key
 T = TypeVar("T")
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-4` and `1E5` are numbers (YAML 1.1, which PyYAML
+    follows, wants a dot, `1.0e-4`, and reads `1e-4` as a string)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader` (safe: no Python objects)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def from_dict(cls: type[T], data: dict | None, where: str = "config", *, strict: bool = True) -> T:
     """Build dataclass `cls` from `data`.
 
@@ -149,7 +166,7 @@ def load_mapping(path: str | Path) -> dict:
         if path.suffix.lower() == ".json":
             data = json.loads(strip_json_comments(text))
         else:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         line = str(err).splitlines()[0]
         raise DataError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({line})") from None
@@ -166,7 +183,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text}: expected key=value, e.g. --set trainer.steps=2000")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

@@ -82,6 +82,16 @@ def test_bad_values_are_one_line(tmp_path):
         load_run_config(_write(tmp_path, "trainer: {steps: [\n"))
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML alone (YAML 1.1) reads 1e-4 as a string; configs take YAML 1.2's floats.
+    config = load_run_config(_write(tmp_path, "model:\n  lr: 2e-3\n  eps: 1E-12\n"), ["model.weight_decay=1e-4"])
+    assert (config.model.lr, config.model.eps, config.model.weight_decay) == (2e-3, 1e-12, 1e-4)
+    config = load_run_config(find_config(None), ["model.betas=[.9e0, 9.99e-1]", "data.path=1e5x"])
+    assert config.model.betas == (0.9, 0.999) and config.data.path == "1e5x"
+    with pytest.raises(ConfigError, match="model.lr: expected a number, got 'e-3'"):
+        load_run_config(find_config(None), ["model.lr=e-3"])
+
+
 def test_bundled_configs_parse():
     for name in ("nerf/default", "nerf/lego", "nerf/fox", "nerf/colmap"):
         config = load_run_config(find_config(name))

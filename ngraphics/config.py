@@ -216,7 +216,19 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def configs_root() -> Path:
+    """Folder of the bundled configs: `ngraphics.configs` when installed, else the checkout's configs/."""
+    try:
+        import ngraphics.configs as packaged
+
+        return Path(packaged.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
 __all__ = [
+    "configs_root",
     "from_dict", "convert", "to_dict", "load_mapping", "strip_json_comments",
     "parse_override", "apply_overrides", "deep_merge", "typing",
 ]
+

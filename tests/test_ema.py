@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ngraphics.training.ema import ParameterEMA
+from ngraphics.optim.ema import ParameterEMA
 
 
 def test_average_matches_a_loop_and_swaps_back():

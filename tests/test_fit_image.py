@@ -13,7 +13,7 @@ from conftest import need_data
 
 from ngraphics.errors import ConfigError
 from ngraphics.io.images import read_image, write_exr, write_image
-from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+from ngraphics.optim.adam import AdamConfig, TcnnAdam, tcnn_param_groups
 from ngraphics.training.image_fitting import (
     bilinear_lookup,
     constant_colour_psnr,

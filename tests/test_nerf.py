@@ -231,7 +231,7 @@ def test_fast_and_reference_paths_render_the_same_images(tmp_path):
     # pure-PyTorch path (marching, compositing, grid, MLPs): the same images within 2e-3 mean abs difference
     # and >= 45 dB PSNR between them (fp16 MLPs and fp32 compositing sums in different orders; the marcher
     # is bit-exact)
-    from ngraphics.training.metrics import psnr
+    from ngraphics.metrics.image import psnr
     from ngraphics.training.run_folder import RunFolder
     from ngraphics.training.trainer import restore_run
 

@@ -11,7 +11,7 @@ import torch
 from ngraphics.cli import main
 from ngraphics.errors import ConfigError, DataError
 from ngraphics.training import checkpoint as ckpt
-from ngraphics.training.metrics import psnr, ssim
+from ngraphics.metrics.image import psnr, ssim
 from ngraphics.training.run_folder import RunFolder
 from ngraphics.training.trainer import Trainer, find_config, load_run_config, parse_run_config
 

@@ -40,13 +40,12 @@ from ngraphics.cameras import Cameras
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
 from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
+from ngraphics.metrics.image import psnr_from_mse
+from ngraphics.optim import (AdamConfig, GraphedStep, LaggedReadout, ParameterEMA, TcnnAdam, tcnn_param_groups,
+                             warmup_step_decay)
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import RaySamples, march, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyConfig, OccupancyGrid
-from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
-from ngraphics.training.ema import ParameterEMA
-from ngraphics.training.metrics import psnr_from_mse
-from ngraphics.training.step_graphs import GraphedStep, LaggedReadout
 
 
 @dataclass(frozen=True)
@@ -193,9 +192,7 @@ class NeRF:
 
     def lr_at(self, step: int, progress: float) -> float:
         c = self.config
-        warm = min(1.0, (step + 1) / max(c.warmup_steps, 1))
-        decays = sum(progress >= m for m in c.lr_milestones)
-        return c.lr * warm * c.lr_decay**decays
+        return warmup_step_decay(step, progress, c.lr, c.warmup_steps, c.lr_decay, c.lr_milestones)
 
     def occupancy_fn(self, x: torch.Tensor) -> torch.Tensor:
         """Opacity of one smallest step at world points (N, 3) -> (N,)."""

@@ -36,7 +36,7 @@ from ngraphics.config import apply_overrides, deep_merge, from_dict, load_mappin
 from ngraphics.errors import ConfigError, DataError, unknown_key_message
 from ngraphics.io.atomic import append_jsonl, atomic_write_text, atomic_write_yaml
 from ngraphics.io.images import downscale, linear_to_srgb, read_image, write_exr, write_image
-from ngraphics.training.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+from ngraphics.optim.adam import AdamConfig, TcnnAdam, tcnn_param_groups
 
 # --- configs -------------------------------------------------------------------------------------------------
 

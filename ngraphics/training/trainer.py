@@ -28,12 +28,13 @@ from typing import Any, Literal
 
 import torch
 
-from ngraphics.config import apply_overrides, from_dict, load_mapping, to_dict
+from ngraphics.config import apply_overrides, configs_root, from_dict, load_mapping, to_dict
+from ngraphics.devices import pick_device
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
 from ngraphics.io.images import write_image
 from ngraphics.rendering.supersampling import render_supersampled
-from ngraphics.training.metrics import psnr, ssim
+from ngraphics.metrics.image import psnr, ssim
 from ngraphics.training.run_folder import RunFolder
 from ngraphics.training.step_profile import StepProfile
 
@@ -156,16 +157,6 @@ def parse_run_config(mapping: dict, where: str) -> RunConfig:
     )
 
 
-def configs_root() -> Path:
-    """Folder of the bundled configs (`ngraphics.configs` when installed, else the checkout's configs/)."""
-    try:
-        import ngraphics.configs as packaged
-
-        return Path(packaged.__file__).parent
-    except ImportError:
-        return Path(__file__).resolve().parents[2] / "configs"
-
-
 def find_config(name: str | None) -> Path:
     """A config path: an existing file, or a bundled name like `nerf/lego` or `lego`; None = nerf/default."""
     if name is None:
@@ -265,15 +256,6 @@ def load_scene(data: DataConfig, split: str):
     return load_dataset(data.path, split, downscale=data.downscale, **data.options)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device: {name!r} requested but torch.cuda.is_available() is False; use auto or cpu")
-    return device
-
-
 # --- the trainer -----------------------------------------------------------------------------------------------
 
 Hook = Callable[["Trainer", int, dict], None]
@@ -293,7 +275,7 @@ class Trainer:
         from ngraphics.methods import method_class
 
         self.config, self.run, self.hooks = config, run, list(hooks)
-        self.device = pick_device(config.trainer.device)
+        self.device = pick_device(config.trainer.device, "trainer.device")
         torch.manual_seed(config.trainer.seed)
         self.train_scene = load_scene(config.data, config.data.train_split)
         self._eval_scene: SceneData | None = None
@@ -556,12 +538,10 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "ViewSampler",
-    "configs_root",
     "default_run_name",
     "evaluate_method",
     "find_config",
     "load_run_config",
     "parse_run_config",
-    "pick_device",
     "restore_run",
 ]

@@ -1,0 +1,146 @@
+"""The method protocol: what every method (`nerf`, `neus`, `splat`, `head`, ...) offers the trainer, the
+evaluators, the exporters and the viewer.
+
+A method is one file in `ngraphics/methods/` and one row in `METHODS` (`ngraphics/methods/__init__.py`).
+The trainer decides *when* (sample, step, evaluate, log, save, stop); the method decides *what* (what a
+batch is, how a step learns, how an image is made). The trainer never asks what kind of method it runs.
+
+    class MyMethod(Method):
+        Config = MyConfig                                  # frozen dataclass of the `model:` keys
+
+        def __init__(self, config, scene, device, dist=Dist()): ...
+        def sampler(self, scene, device) -> Sampler: ...   # rays, whole views or image points
+        def train_step(self, batch) -> dict: ...           # forward, backward, own optimizer step
+        def render(self, cameras, background=None) -> dict: ...   # (C, H, W, k) images
+        def state_dict(self) -> dict: ...
+        def load_state_dict(self, state) -> None: ...
+
+`docs/architecture.md` walks through a whole (tiny) method: the fake ones of `tests/test_method_protocol.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from ngraphics.cameras import Cameras
+from ngraphics.data.scene import SceneData
+from ngraphics.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands among the processes of one run (torch.distributed's rank and world size).
+
+    rank: this process, 0 .. world_size - 1.
+    world_size: processes training together (1: a single process, the default).
+    Seeds are offset by rank (`seed`); only the main rank logs, evaluates, saves and serves the viewer.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
+            raise ValueError(f"Dist: rank {self.rank} is not in 0 .. world_size - 1 = {self.world_size - 1}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def seed(self, base: int) -> int:
+        """The random seed of this rank for a run seeded with `base` (ranks draw different batches)."""
+        return base + self.rank
+
+
+SINGLE_PROCESS = Dist()
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What a training batch is, made on the device without waiting for it.
+
+    unit: what `count` counts ("rays", "views", "points"); the trainer reports `<unit>/s`.
+    sample(): the next batch, a dict of tensors (and plain values); the trainer adds `step` (int, from 0)
+        and `progress` (float in [0, 1]: the larger of step / steps and elapsed / time budget).
+    count(batch): how many units the batch holds (a host-side number: no GPU sync).
+    Ready-made samplers: `ngraphics.data.batches`.
+    """
+
+    unit: str
+
+    def sample(self) -> dict[str, Any]: ...
+
+    def count(self, batch: dict[str, Any]) -> int: ...
+
+
+class Method(ABC):
+    """Base class of every method: the abstract methods are the protocol, the others have defaults.
+
+    Class attributes:
+        Config: frozen dataclass of the method's `model:` keys, with defaults and an optional
+            `validate(where)`; the config loader builds it (unknown keys fail with the nearest name).
+        exports: kinds `export(kind, path)` writes (e.g. ("mesh",), ("ply", "splat")); () = none.
+        profile_categories: {category: (kernel-name substring, ...)} for the trainer's step profile.
+
+    Construction: `cls(config, scene, device, dist)`; scene is the training split (it fixes the scene box,
+    seed points, near plane), dist the process's place in a multi-process run.
+    """
+
+    Config: ClassVar[type]
+    exports: ClassVar[tuple[str, ...]] = ()
+    profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @abstractmethod
+    def __init__(self, config: Any, scene: SceneData, device: torch.device, dist: Dist = SINGLE_PROCESS): ...
+
+    @abstractmethod
+    def sampler(self, scene: SceneData, device: torch.device) -> Sampler:
+        """The sampler of training batches over `scene` (the training split), on `device`. Called once."""
+
+    @abstractmethod
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]:
+        """One optimisation step: forward, backward, the method's own optimizer step, schedules (from
+        batch["step"] and batch["progress"]) and, for splats, densification.
+
+        Returns losses and statistics as floats or 0-dim tensors; the trainer reads them (a host sync)
+        only when it logs, and shows `loss` and `psnr` on the progress bar."""
+
+    @abstractmethod
+    def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images of C cameras of one size: `rgb` (C, H, W, 3), and `depth`, `alpha` (C, H, W, 1) where the
+        method has them (others such as `normal` may follow), float32 on the method's device.
+
+        background: (3,) colour behind the scene (default: white). Renders with the method's evaluation
+        weights (a parameter average, where it keeps one) held in a shadow copy: the live parameters are
+        never swapped, so a render may come between any two steps. From another thread, hold the trainer's
+        `lock` while rendering."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: parameters, optimizer and strategy state, the method's own counters;
+        tensors and plain values only (checkpoints load with `weights_only=True`)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`'s output; a state whose shapes do not fit this config is a ConfigError
+        naming the entry."""
+
+    def metrics(self, scene: SceneData, renders: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Evaluation numbers of the method's own beside PSNR/SSIM (Chamfer distance, mask IoU, ...).
+
+        scene: the evaluation split; renders: `render()`'s output for each of its views, in order (on the
+        CPU). Returns {name: value}; the default has none."""
+        return {}
+
+    def export(self, kind: str, path: str | Path) -> Path:
+        """Write the trained scene as `kind` (one of `exports`) to `path`; returns the written file."""
+        kinds = ", ".join(self.exports) or "nothing"
+        raise ConfigError(f"export {kind!r}: {type(self).__name__} exports {kinds}")
+
+
+__all__ = ["SINGLE_PROCESS", "Dist", "Method", "Sampler"]

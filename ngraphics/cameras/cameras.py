@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ngraphics.errors import DataError
+
 # Flip y and z of the camera axes: c2w_opencv = c2w_opengl @ OPENGL_TO_OPENCV.
 OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
@@ -27,6 +29,9 @@ class Cameras:
         width: image widths. (C,) int64, pixels.
         height: image heights. (C,) int64, pixels.
         distortion: OpenCV coefficients (k1, k2, p1, p2, k3). (C, 5) float32; zeros once images are undistorted.
+        time: optional per-camera timestamps of dynamic scenes. (C,) float32 in [0, 1], or None (static).
+
+    Every method that builds new Cameras from these (indexing, `to`, `scaled`, `shifted`, `cat`) keeps `time`.
     """
 
     c2w: torch.Tensor
@@ -34,6 +39,7 @@ class Cameras:
     width: torch.Tensor
     height: torch.Tensor
     distortion: torch.Tensor | None = None
+    time: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         C = self.c2w.shape[0]
@@ -43,6 +49,9 @@ class Cameras:
         if self.distortion is None:
             self.distortion = torch.zeros(C, 5, dtype=self.c2w.dtype, device=self.c2w.device)
         assert self.distortion.shape == (C, 5), self.distortion.shape
+        if self.time is not None and (self.time.shape != (C,) or self.time.dtype != torch.float32):
+            raise DataError(f"Cameras.time must be ({C},) float32 like c2w's C, got {tuple(self.time.shape)} "
+                             f"{self.time.dtype}")
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -51,10 +60,21 @@ class Cameras:
         """A subset: `cameras[3]`, `cameras[1:4]`, `cameras[tensor_of_indices]` (always keeps the C axis)."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return Cameras(self.c2w[index], self.K[index], self.width[index], self.height[index], self.distortion[index])
+        return Cameras(self.c2w[index], self.K[index], self.width[index], self.height[index], self.distortion[index],
+                       None if self.time is None else self.time[index])
 
     def to(self, device) -> "Cameras":
-        return Cameras(*(t.to(device) for t in (self.c2w, self.K, self.width, self.height, self.distortion)))
+        time = None if self.time is None else self.time.to(device)
+        return Cameras(*(t.to(device) for t in (self.c2w, self.K, self.width, self.height, self.distortion)), time)
+
+    @staticmethod
+    def cat(cameras: "list[Cameras]") -> "Cameras":
+        """Concatenate camera sets along C; they must all have `time` or all lack it."""
+        timed = {c.time is not None for c in cameras}
+        if len(timed) > 1:
+            raise DataError("Cameras.cat: some camera sets have time and others do not")
+        fields = ("c2w", "K", "width", "height", "distortion") + (("time",) if timed == {True} else ())
+        return Cameras(**{k: torch.cat([getattr(c, k) for c in cameras]) for k in fields})
 
     @property
     def device(self) -> torch.device:

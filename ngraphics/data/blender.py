@@ -7,6 +7,7 @@ OPENGL_TO_OPENCV). World units are Blender's: the objects sit inside [-1.5, 1.5]
 of radius ~4, so aabb = [-1.5, 1.5]^3, near = 2, far = 6 (NeRF's values).
 
 Images keep their alpha channel (straight alpha); `background` tells the trainer what to composite them on.
+Dynamic scenes in this layout (D-NeRF) give each frame a `time` in [0, 1]; it becomes `Cameras.time`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ngraphics.cameras import OPENGL_TO_OPENCV
 from ngraphics.data.frames import check_split, make_cameras, read_json, subsample, warn_missing
-from ngraphics.data.instant_ngp import load_frames_images, parse_transforms
+from ngraphics.data.instant_ngp import frame_times, load_frames_images, parse_transforms
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError
 
@@ -41,7 +42,8 @@ def load_blender(
         background: "white", "black" or "random": recorded in SceneData.background; images stay RGBA.
         cache: keep decoded/downscaled images on disk (see `ngraphics.data.cache`).
         max_frames, frame_stride: keep frames[::frame_stride][:max_frames] (for quick runs and tests).
-    Returns: SceneData with RGBA images (H, W, 4) float32, OpenCV cameras, aabb [-1.5, 1.5]^3.
+    Returns: SceneData with RGBA images (H, W, 4) float32, OpenCV cameras (with per-frame `time` when the
+        frames have one, as D-NeRF's do), aabb [-1.5, 1.5]^3.
     """
     root = Path(root)
     check_split(split, str(root))
@@ -65,7 +67,7 @@ def load_blender(
     images, sizes = load_frames_images(frames, downscale, cache, f"{root.name} {split}")
     gl_to_cv = OPENGL_TO_OPENCV.numpy().astype("float64")
     cameras = make_cameras([f.c2w_gl @ gl_to_cv for f in frames], [f.K for f in frames],
-                           [f.size for f in frames], sizes)
+                           [f.size for f in frames], sizes, frame_times(frames, str(root)))
     return SceneData(
         cameras=cameras, images=images, names=[f.name for f in frames],
         aabb=torch.tensor(BLENDER_AABB, dtype=torch.float32), near=2.0, far=6.0, background=background,

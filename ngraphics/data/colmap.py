@@ -325,8 +325,8 @@ def load_colmap(
         downscale, background, cache, max_frames, frame_stride: as for `load_dataset`.
         images_dir: image folder (default: <scene>/images, searched up to two levels above the model).
         contract: recorded in SceneData.contract (for unbounded captures).
-    Returns: SceneData; meta["points"] (N, 3) float32 and meta["points_rgb"] (N, 3) uint8 hold the sparse
-    points.
+    Returns: SceneData in COLMAP's world frame (the cameras are not moved), with the sparse points3D as
+    `points` (P, 3) float32 and `point_colors` (P, 3) float32 in [0, 1] (their RGB / 255).
     """
     path = Path(path)
     check_split(split, str(path))
@@ -362,9 +362,8 @@ def load_colmap(
     return SceneData(
         cameras=cameras, images=images, names=[Path(im.name).stem for im in chosen],
         aabb=torch.tensor(aabb, dtype=torch.float32), near=near, far=far, background=background,
-        contract=contract,
+        contract=contract, points=torch.tensor(model.xyz, dtype=torch.float32),
+        point_colors=torch.tensor(model.rgb, dtype=torch.float32) / 255.0,
         meta={"format": "colmap", "source": str(model_dir), "split": split, "downscale": downscale,
-              "files": [str(images_dir / im.name) for im in chosen],
-              "points": torch.tensor(model.xyz, dtype=torch.float32),
-              "points_rgb": torch.from_numpy(model.rgb)},
+              "files": [str(images_dir / im.name) for im in chosen]},
     )

@@ -185,10 +185,11 @@ def load_images(
 
 def make_cameras(
     c2w: Sequence[np.ndarray], K: Sequence[np.ndarray], source_sizes: Sequence[tuple[int, int]],
-    sizes: Sequence[tuple[int, int]],
+    sizes: Sequence[tuple[int, int]], time: Sequence[float] | None = None,
 ) -> Cameras:
     """Cameras for images resized from `source_sizes` to `sizes` ((W, H) each): K is scaled per axis by the
-    exact size ratio (pixel edges map to pixel edges), distortion is zero (images are undistorted)."""
+    exact size ratio (pixel edges map to pixel edges), distortion is zero (images are undistorted); `time`
+    (one timestamp in [0, 1] per camera, dynamic scenes) becomes `Cameras.time`."""
     Ks = []
     for k, (W0, H0), (W, H) in zip(K, source_sizes, sizes):
         k = np.array(k, dtype=np.float64)
@@ -200,6 +201,7 @@ def make_cameras(
         K=torch.tensor(np.stack(Ks), dtype=torch.float32),
         width=torch.tensor([s[0] for s in sizes], dtype=torch.int64),
         height=torch.tensor([s[1] for s in sizes], dtype=torch.int64),
+        time=None if time is None else torch.tensor(list(time), dtype=torch.float32),
     )
 
 

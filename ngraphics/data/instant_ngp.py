@@ -15,6 +15,8 @@ at the top level, overridable per frame, and `frames: [{file_path, transform_mat
   the world axes (x, y, z) <- (y, z, x): new row 0 = old row 1, new row 1 = old row 2, new row 2 = old row 0.
   This loader applies exactly that, so positions match instant-ngp's and the scene of interest sits in
   [0, 1]^3.
+- `time` (optional, per frame): the frame's timestamp in [0, 1] for dynamic scenes (D-NeRF's convention),
+  stored as `Cameras.time`; either every frame has one or none does.
 - `aabb_scale` (1, 2, 4, ..., 128) enlarges the box instant-ngp marches in: the cube of side aabb_scale
   centred at (0.5, 0.5, 0.5). `SceneData.aabb` is that cube; with `contract=True` it is [0, 1]^3 instead and
   `SceneData.contract` is True (for methods that contract space outside the box).
@@ -65,6 +67,7 @@ class TransformsFrame:
         distortion: (k1, k2, p1, p2, k3). (5,) float64
         size: (width, height) of the image file.
         where: "frame j of <json name>", for errors about the image.
+        time: the frame's timestamp in [0, 1] (dynamic scenes), or None.
     """
 
     path: Path
@@ -74,6 +77,7 @@ class TransformsFrame:
     distortion: np.ndarray
     size: tuple[int, int]
     where: str = ""
+    time: float | None = None
 
 
 def _resolve_image(base: Path, file_path: str) -> Path | None:
@@ -147,8 +151,24 @@ def parse_transforms(json_path: Path, data: dict) -> tuple[list[TransformsFrame]
         image_where = f"frame {j} of {json_path.name}"
         size = image_size(path, image_where)
         K, distortion = frame_intrinsics({**top, **frame}, size, f"{where} ({frame['file_path']})")
-        out.append(TransformsFrame(path, path.stem, c2w, K, distortion, size, image_where))
+        time = number(frame, "time", where)
+        if time is not None and not 0.0 <= time <= 1.0:
+            raise DataError(f"{where}: time must be in [0, 1], got {time}")
+        out.append(TransformsFrame(path, path.stem, c2w, K, distortion, size, image_where, time))
     return out, missing
+
+
+def frame_times(frames: list[TransformsFrame], where: str) -> list[float] | None:
+    """The frames' timestamps (for `make_cameras`), or None when no frame has one; some but not all is an
+    error."""
+    timed = [f.time is not None for f in frames]
+    if not any(timed):
+        return None
+    if not all(timed):
+        untimed = next(f for f in frames if f.time is None)
+        raise DataError(f"{where}: {sum(timed)} of {len(frames)} frames have a time, but {untimed.where} has "
+                        "none (give every frame a time, or none)")
+    return [f.time for f in frames]
 
 
 def ngp_c2w(c2w_gl: np.ndarray, scale: float, offset: np.ndarray) -> np.ndarray:
@@ -222,7 +242,8 @@ def load_instant_ngp(
         cache: keep decoded/undistorted/downscaled images on disk (see `ngraphics.data.cache`).
         max_frames, frame_stride: keep frames[::frame_stride][:max_frames] of the split (for quick runs).
         contract: aabb [0, 1]^3 with `SceneData.contract=True` instead of the aabb_scale cube.
-    Returns: SceneData with undistorted images, OpenCV cameras, aabb, near=0.05, far past the aabb.
+    Returns: SceneData with undistorted images, OpenCV cameras (with `time` when the frames have one), aabb,
+        near=0.05, far past the aabb.
     """
     check_split(split, str(path))
     json_path, split_file = find_transforms(Path(path), split)
@@ -242,7 +263,8 @@ def load_instant_ngp(
 
     images, sizes = load_frames_images(frames, downscale, cache, f"{json_path.parent.name} {split}")
     c2w = [ngp_c2w(f.c2w_gl, scale, offset) for f in frames]
-    cameras = make_cameras(c2w, [f.K for f in frames], [f.size for f in frames], sizes)
+    cameras = make_cameras(c2w, [f.K for f in frames], [f.size for f in frames], sizes,
+                           frame_times(frames, str(json_path)))
     corners = torch.cartesian_prod(*[aabb[:, i] for i in range(3)])
     far = float(torch.cdist(cameras.origins, corners).max()) + 1e-3
     return SceneData(

@@ -20,6 +20,7 @@ move with time t in [0, 1] (sphere bobs, box spins, torus slides) for dynamic-sc
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -351,10 +352,10 @@ def load_procedural(
         n_views: views per split (default DEFAULT_VIEWS[split]).
         seed: colours, noise and camera jitter.
         background: recorded in SceneData.background; images are RGBA with alpha = coverage.
-        dynamic: moving objects; SceneData.time holds each view's time in [0, 1].
+        dynamic: moving objects; cameras.time (SceneData.times) holds each view's time in [0, 1].
         max_frames, frame_stride: keep views[::frame_stride][:max_frames] (before rendering).
         mesh_resolution: marching-cubes grid for SceneData.surface (static scenes only; 0 skips it).
-    Returns: SceneData with RGBA images, depths, masks, surface (static), time (dynamic), and
+    Returns: SceneData with RGBA images, depths, masks, surface (static), cameras.time (dynamic), and
         meta["scene"] (the ProceduralScene: call its `sdf`), meta["normals"] (per-view world normals).
     """
     check_split(split, "procedural")
@@ -368,16 +369,15 @@ def load_procedural(
         times.append(view_times(n, s, seed))
         names += [f"{s}_{i:03d}" for i in range(n)]
     keep = torch.tensor(subsample(range(len(names)), max_frames, frame_stride))
-    fields = ("c2w", "K", "width", "height")
-    cameras = Cameras(*(torch.cat([getattr(c, k) for c in cameras])[keep] for k in fields))
-    time = torch.cat(times)[keep] if dynamic else None
-    views = render_views(scene, cameras, time)
+    cameras = Cameras.cat(cameras)[keep]
+    if dynamic:
+        cameras = replace(cameras, time=torch.cat(times)[keep])
+    views = render_views(scene, cameras, cameras.time)
     surface = scene.mesh(mesh_resolution) if mesh_resolution and not dynamic else None
     return SceneData(
         cameras=cameras, images=views["rgba"], names=[names[i] for i in keep],
         aabb=scene.aabb.to(torch.float32),
         near=1.5, far=6.0, masks=views["mask"], depths=views["depth"], background=background, surface=surface,
-        time=time,
         meta={"format": "procedural", "scene": scene, "split": split, "seed": seed, "resolution": resolution,
               "normals": views["normal"]},
     )

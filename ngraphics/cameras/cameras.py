@@ -110,8 +110,8 @@ class Cameras:
         Returns: origins (R, 3) and unit directions (R, 3), float32.
         """
         K = self.K[camera_index]
-        x = (pixels[:, 0] - K[:, 0, 2]) / K[:, 0, 0]
         y = (pixels[:, 1] - K[:, 1, 2]) / K[:, 1, 1]
+        x = (pixels[:, 0] - K[:, 0, 2] - K[:, 0, 1] * y) / K[:, 0, 0]  # K[0, 1]: skew (NeuS/DTU cameras)
         d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)
         c2w = self.c2w[camera_index]
         d_world = torch.einsum("rij,rj->ri", c2w[:, :3, :3], d_cam)

@@ -149,3 +149,17 @@ def test_corrupt_and_missing_images(lego_copy):
         (folder / "train" / (frame["file_path"].split("/")[-1] + ".png")).unlink(missing_ok=True)
     with pytest.warns(DataWarning):
         assert "none of its 3 frames has an image file" in _error(folder)
+
+
+def test_dnerf_style_time_per_frame(lego_copy):
+    """D-NeRF scenes are Blender scenes whose frames carry a `time`; it lands on the cameras in frame order."""
+    folder, meta = lego_copy
+    for frame, t in zip(meta["frames"], (0.6, 0.0, 0.3)):
+        frame["time"] = t
+    _write(folder, meta)
+    scene = load_blender(folder, "train", downscale=16)
+    assert torch.equal(scene.times, torch.tensor([0.6, 0.0, 0.3]))
+    assert torch.equal(scene.cameras[1:].time, torch.tensor([0.0, 0.3]))
+    del meta["frames"][0]["time"]
+    _write(folder, meta)
+    assert "2 of 3 frames have a time" in _error(folder)

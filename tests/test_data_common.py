@@ -189,3 +189,45 @@ def test_detect_format_by_files(tmp_path):
         (folder / name).parent.mkdir(parents=True)
         (folder / name).write_bytes(b"{}")
         assert detect_format(folder) == fmt
+
+
+# --- SceneData ----------------------------------------------------------------------------------------------
+
+
+def _scene_parts():
+    from ngraphics.cameras import Cameras
+
+    cameras = Cameras(torch.eye(4).repeat(2, 1, 1), torch.eye(3).repeat(2, 1, 1), torch.tensor([4, 5]),
+                      torch.tensor([3, 2]), time=torch.tensor([0.2, 0.7]))
+    return dict(cameras=cameras, images=[torch.rand(3, 4, 3), torch.rand(2, 5, 3)], names=["a", "b"],
+                aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+
+
+def test_scene_data_fields_and_shape_checks():
+    from ngraphics.data import SceneData
+
+    parts = _scene_parts()
+    scene = SceneData(**parts, masks=[torch.ones(3, 4), torch.zeros(2, 5)], points=torch.rand(6, 3),
+                      point_colors=torch.rand(6, 3))
+    assert scene.times is parts["cameras"].time and not hasattr(scene, "time")
+    with pytest.raises(AttributeError):
+        scene.times = torch.zeros(2)  # read-only: the time lives on the cameras
+    bad = {
+        "images": (dict(images=[torch.rand(3, 4, 3), torch.rand(5, 2, 3)]),
+                   r"SceneData.images\[1\]: expected \(H, W, 3\|4\) with \(H, W\) = \(2, 5\) from cameras\[1\], "
+                   r"got \(5, 2, 3\)"),
+        "mixed": (dict(images=[torch.rand(3, 4, 3), torch.rand(2, 5, 4)]), "mixes RGB and RGBA"),
+        "count": (dict(names=["a"]), "2 cameras but 2 images and 1 names"),
+        "masks": (dict(masks=[torch.ones(3, 4), torch.ones(2, 4)]),
+                  r"SceneData.masks\[1\]: expected \(2, 5\) like images\[1\], got \(2, 4\)"),
+        "depths": (dict(depths=[torch.ones(3, 4)]), "SceneData.depths: 1 for 2 cameras"),
+        "points": (dict(points=torch.rand(6, 2)), r"SceneData.points: expected \(P, 3\), got \(6, 2\)"),
+        "colors": (dict(points=torch.rand(6, 3), point_colors=torch.rand(5, 3)),
+                   r"SceneData.point_colors: expected \(6, 3\), got \(5, 3\)"),
+        "alone": (dict(point_colors=torch.rand(5, 3)), "point_colors: expected points"),
+        "background": (dict(background="grey"), "SceneData.background: expected white, black or random"),
+    }
+    for change, message in bad.values():
+        with pytest.raises(DataError, match=message) as e:
+            SceneData(**{**parts, **change})
+        _one_line(e)

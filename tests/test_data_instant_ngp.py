@@ -176,3 +176,23 @@ def test_bad_inputs(tmp_path):
     (folder / "transforms.json").unlink()
     with pytest.raises(DataError, match="no transforms.json"):
         load_instant_ngp(folder, "all")
+
+
+def test_per_frame_time_becomes_camera_time(tmp_path):
+    times = [0.0, 0.8, 0.35, 1.0, 0.5]
+    folder = _tiny_scene(tmp_path, {"fl_x": 10.0}, [{"time": t} for t in times])
+    scene = load_instant_ngp(folder, "all", cache=False)
+    assert torch.equal(scene.times, torch.tensor(times, dtype=torch.float32))
+    train = load_instant_ngp(folder, "train", cache=False, holdout=2)  # frames 1, 3
+    assert torch.equal(train.times, torch.tensor([0.8, 1.0]))
+    assert load_instant_ngp(_tiny_scene(tmp_path / "b", {"fl_x": 10.0}, [{}, {}]), "all").times is None
+
+    doc = json.loads((folder / "transforms.json").read_text())
+    del doc["frames"][2]["time"]
+    (folder / "transforms.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="4 of 5 frames have a time, but frame 2 of transforms.json has none"):
+        load_instant_ngp(folder, "all", cache=False)
+    doc["frames"][2]["time"] = 1.5
+    (folder / "transforms.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"frame 2: time must be in \[0, 1\], got 1.5"):
+        load_instant_ngp(folder, "all", cache=False)

@@ -118,3 +118,19 @@ def test_bad_inputs(dtu_like):
     (folder / "mask" / "004.png").unlink()
     with pytest.raises(DataError, match="4 masks for 5 images"):
         load_neus(folder, "all")
+
+
+def test_dtu_scan65_masks_match_their_images():
+    """The shared DTU scan: one mask per image, image-sized after downscaling, object pixels inside them."""
+    from conftest import need_data
+
+    root = need_data("dtu", "dtu_scan65")
+    scene = load_neus(root, "all", downscale=8, max_frames=2, frame_stride=24)
+    assert scene.names == ["000000", "000024"] and scene.masks is not None and len(scene.masks) == 2
+    for image, mask in zip(scene.images, scene.masks):
+        assert image.shape == (150, 200, 3) and mask.shape == (150, 200) and mask.dtype == torch.float32
+        assert float(mask.min()) == 0.0 and float(mask.max()) == 1.0
+        assert 0.05 < float((mask > 0.5).float().mean()) < 0.8  # the skull covers part of the view
+    source = cv2.imread(str(root / "mask" / "024.png"))[..., 2].astype(np.float32) / 255  # red: RGB's first
+    block_mean = source.reshape(150, 8, 200, 8).mean((1, 3))  # area downscale of the source mask
+    np.testing.assert_allclose(scene.masks[1].numpy(), block_mean, atol=1 / 255)

@@ -115,9 +115,15 @@ def test_dynamic_scene_moves_and_stays_consistent():
         points = origins[mask].double() + (z / (d @ cams.c2w[i, :3, 2].double()))[:, None] * d
         assert float(scene.sdf(points, t).abs().max()) < 2e-4
     data = load_procedural("train", resolution=8, n_views=4, dynamic=True)
-    assert data.time is not None and data.time.shape == (4,) and data.surface is None
-    assert bool((data.time[1:] > data.time[:-1]).all())
-    assert 0 <= float(data.time.min()) and float(data.time.max()) <= 1
+    assert data.times is data.cameras.time and data.times.shape == (4,) and data.surface is None
+    assert bool((data.times[1:] > data.times[:-1]).all())
+    assert 0 <= float(data.times.min()) and float(data.times.max()) <= 1
+    # each view is rendered at its camera's time: view 2 equals a render of that camera alone at that time
+    alone = render_views(data.meta["scene"], data.cameras[2], float(data.times[2]))
+    torch.testing.assert_close(alone["rgba"][0], data.images[2])
+    strided = load_procedural("train", resolution=8, n_views=4, dynamic=True, frame_stride=2)
+    assert torch.equal(strided.times, data.times[::2])
+    assert load_procedural("train", resolution=8, n_views=4, mesh_resolution=0).times is None
 
 
 def test_load_dataset_default_is_procedural():

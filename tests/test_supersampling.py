@@ -8,7 +8,7 @@ import torch
 from ngraphics.cameras import Cameras
 from ngraphics.errors import ConfigError
 from ngraphics.rendering.supersampling import render_supersampled, subpixel_offsets
-from ngraphics.training.trainer import RaySampler
+from ngraphics.data.batches import RaySampler
 
 
 def _cameras(n: int = 2) -> Cameras:
@@ -97,8 +97,8 @@ def test_ray_batches_pass_through_pixel_centres_unless_jittered(jitter):
     images = [torch.rand(16, 20, 3) for _ in range(2)]
     scene = SceneData(cameras=cams, images=images, names=["a", "b"], aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]),
                       near=0.1, far=10.0)
-    sampler = RaySampler(scene, torch.device("cpu"), "white", pixel_jitter=jitter)
-    batch = sampler.sample(4096)
+    sampler = RaySampler(scene, torch.device("cpu"), 4096, pixel_jitter=jitter)
+    batch = sampler.sample()
     fractions = []
     for i in range(2):
         rows = batch["camera_index"] == i

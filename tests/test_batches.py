@@ -168,6 +168,28 @@ def test_view_sampler_copies_from_the_host_only_at_construction(monkeypatch):
     assert batch["alpha"] is None
 
 
+@pytest.mark.parametrize("kind", ["rays", "views", "points"])
+def test_sample_neither_reads_device_values_nor_makes_tensors_from_host_data(kind, monkeypatch):
+    """What would be a host sync (item, tolist, bool/int/float of a tensor) or a host-to-device copy (a tensor
+    built from Python or NumPy data, e.g. a background colour per step) is refused inside sample()."""
+    scene = _scene(background="white")
+    sampler = {"rays": lambda: RaySampler(scene, "cpu", 64), "views": lambda: ViewSampler(scene, "cpu"),
+               "points": lambda: PointSampler(scene, "cpu", 64, seed=0)}[kind]()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host sync or host data inside sample()")
+
+    with monkeypatch.context() as patch:
+        for name in ("tensor", "as_tensor", "from_numpy"):
+            patch.setattr(torch, name, refuse)
+        names = ["item", "numpy", "cpu", "cuda", "__bool__", "__int__", "__float__"]
+        names += [] if kind == "views" else ["tolist"]  # views: the epoch's order comes from a CPU randperm
+        for name in names:
+            patch.setattr(torch.Tensor, name, refuse)
+        batches = [sampler.sample() for _ in range(4)]
+    assert [sampler.count(b) for b in batches] == [{"rays": 64, "views": 1, "points": 64}[kind]] * 4
+
+
 def test_view_sampler_keeps_everything_on_its_device():
     """On the meta device (a stand-in for a GPU: no data, no copies back), every tensor of a batch lives there."""
     meta = torch.device("meta")

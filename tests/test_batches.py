@@ -227,6 +227,10 @@ def test_bilinear_lookup_at_centres_edges_and_between():
     uv = torch.cat([edges, torch.rand(60, 2, generator=g)])
     torch.testing.assert_close(bilinear_lookup(image, uv).double(), _bilinear_reference(image, uv),
                                atol=1e-6, rtol=0)
+    for H, W in ((1, 1), (1, 4), (3, 1)):  # one-pixel-wide images clamp on both sides
+        image = torch.rand(H, W, 3, generator=g)
+        torch.testing.assert_close(bilinear_lookup(image, uv).double(), _bilinear_reference(image, uv),
+                                   atol=1e-6, rtol=0)
 
 
 def test_point_sampler_targets_views_and_seed():

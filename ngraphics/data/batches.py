@@ -57,14 +57,13 @@ def bilinear_lookup(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     Returns: (N, C) float32. Not differentiable w.r.t. uv (the target is data).
     """
     H, W, C = image.shape
-    base = torch.zeros(uv.shape[0], dtype=torch.int64, device=uv.device)
-    return _bilinear_rows(image.reshape(H * W, C), base, W, H, uv)
+    return _bilinear_rows(image.reshape(H * W, C), 0, W, H, uv)
 
 
-def _bilinear_rows(table: torch.Tensor, base: torch.Tensor, width, height, uv: torch.Tensor) -> torch.Tensor:
+def _bilinear_rows(table: torch.Tensor, base, width, height, uv: torch.Tensor) -> torch.Tensor:
     """`bilinear_lookup` in images stored row-major one after another in one table.
 
-    table: all pixels. (P, C); base: first row of each point's image in the table. (N,) int64
+    table: all pixels. (P, C); base: first row of each point's image in the table, an int or (N,) int64;
     width, height: each point's image size, ints or (N,) int64; uv: (N, 2) in [0, 1]. Returns (N, C) float32.
     """
     x = uv[:, 0] * width - 0.5

@@ -5,7 +5,8 @@ scene.
     scene = load_dataset("path/to/lego", "train", downscale=2)  # or load_dataset(None): the built-in scene
 
 Every loader returns `SceneData` (ngraphics/data/scene.py): undistorted images on the CPU and `Cameras` in the
-OpenCV convention. Format cards live in datasets/ at the repository root.
+OpenCV convention. Format cards live in datasets/ at the repository root. Training batches are drawn from a
+SceneData by the samplers of `ngraphics.data.batches` (rays, whole views, image points).
 """
 
 from ngraphics.data.frames import DataWarning

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ngraphics.errors import ConfigError
     from ngraphics.io.atomic import atomic_write_text
     from ngraphics.training.run_folder import resolve_run
-    from ngraphics.training.trainer import evaluate_method, restore_run
+    from ngraphics.training.evaluation import evaluate_method
+    from ngraphics.training.trainer import restore_run
 
     folder = resolve_run(args.run, args.runs_dir)
     config, method, scene, checkpoint = restore_run(folder, args.split, args.device)
@@ -36,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     spp = config.trainer.eval_spp if args.spp is None else args.spp
     if spp < 1:
         raise ConfigError(f"--spp: expected a positive integer, got {spp}")
-    result = evaluate_method(method, scene, config.data.eval_background, None, out_dir, spp=spp)
+    result = evaluate_method(method, scene, config.data.eval_background, None, out_dir, spp=spp, progress=True)
     step = int(checkpoint.stem.split("_")[-1])
     summary = {"split": split, "step": step, "checkpoint": str(checkpoint), "spp": spp, **result}
     atomic_write_text(folder.eval_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    folder.log({"step": step, "split": split, "eval": True, "psnr": result["psnr"], "ssim": result["ssim"],
-                "n_views": result["n_views"], "spp": spp})
+    numbers = {k: v for k, v in result.items() if k != "per_view"}  # PSNR, SSIM and the method's own metrics
+    folder.log({"step": step, "split": split, "eval": True, **numbers, "spp": spp})
     for view in result["per_view"]:
         print(f"  {view['name']:<24} PSNR {view['psnr']:6.2f} dB  SSIM {view['ssim']:.4f}")
     print(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['n_views']} views "

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ngraphics.rendering.camera_paths import make_path
     from ngraphics.rendering.supersampling import render_supersampled
     from ngraphics.training.run_folder import resolve_run
-    from ngraphics.training.trainer import BACKGROUNDS, restore_run
+    from ngraphics.training.evaluation import BACKGROUNDS
+    from ngraphics.training.trainer import restore_run
 
     if args.frames < 1 or args.scale <= 0 or args.spp < 1:
         raise ConfigError(f"--frames and --spp must be >= 1 and --scale > 0, got {args.frames}, {args.spp} and "

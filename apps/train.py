@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from ngraphics.config import apply_overrides, load_mapping
     from ngraphics.errors import ConfigError
     from ngraphics.training.run_folder import RunFolder, resolve_run
-    from ngraphics.training.trainer import Trainer, default_run_name, find_config, parse_run_config
+    from ngraphics.training.run_config import default_run_name, find_config, parse_run_config
+    from ngraphics.training.trainer import Trainer
 
     overrides = list(args.overrides) + (["trainer.progress=false"] if args.quiet else [])
     if args.resume:

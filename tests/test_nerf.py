@@ -106,7 +106,7 @@ def test_train_step_fills_a_fixed_buffer_and_sizes_the_next_batch():
     config = from_dict(NeRFConfig, {**SMALL, "target_samples": 500, "early_stop_eps": 0.0})
     nerf = NeRF(config, _scene())
     batch = _batch(64)
-    samples = nerf.march(batch["origins"], batch["directions"], jitter=False, capacity=500,
+    samples = nerf.march(nerf.field, batch["origins"], batch["directions"], jitter=False, capacity=500,
                          candidate_capacity=nerf.candidate_buffer(64))
     valid = int(samples.n_valid_rays)
     per_ray = int(samples.n_samples) / valid

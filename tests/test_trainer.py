@@ -13,7 +13,8 @@ from ngraphics.errors import ConfigError, DataError
 from ngraphics.training import checkpoint as ckpt
 from ngraphics.metrics.image import psnr, ssim
 from ngraphics.training.run_folder import RunFolder
-from ngraphics.training.trainer import Trainer, find_config, load_run_config, parse_run_config
+from ngraphics.training.run_config import find_config, load_run_config, parse_run_config
+from ngraphics.training.trainer import Trainer
 
 # A NeRF small enough that a step takes milliseconds on a CPU: 16x16 procedural views.
 TINY = [
@@ -68,7 +69,7 @@ def test_bad_values_are_one_line(tmp_path):
         ("trainer:\n  steps: ten\n", "trainer.steps: expected an integer"),
         ("trainer:\n  steps: 0\n", "trainer.steps: expected a positive integer"),
         ("trainer:\n  eval_spp: 0\n", "trainer.eval_spp: expected a positive integer"),
-        ("trainer:\n  pixel_jitter: sometimes\n", "trainer.pixel_jitter"),
+        ("model:\n  pixel_jitter: sometimes\n", "model.pixel_jitter"),
         ("data:\n  background: pink\n", "data.background: 'pink' is not one of"),
         ("model:\n  occupancy: {resolution: 7}\n", "occupancy.resolution: expected an even integer"),
         ("model:\n  loss: l3\n", "model.loss: 'l3' is not one of huber, mse"),

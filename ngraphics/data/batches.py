@@ -178,6 +178,13 @@ class RaySampler:
     def count(self, batch: dict[str, Any]) -> int:
         return batch["origins"].shape[0]
 
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing beyond torch's random state (the trainer's checkpoint holds that)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 class ViewSampler:
     """Whole training views, every view once per epoch in a new random order (see the module docstring).
@@ -220,6 +227,16 @@ class ViewSampler:
     def count(self, batch: dict[str, Any]) -> int:
         return 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The views left in this epoch, so a resumed run visits the same views in the same order."""
+        return {"order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        order = [int(i) for i in state.get("order", [])]
+        if any(not 0 <= i < len(self.images) for i in order):
+            raise ValueError(f"ViewSampler: saved order {order} names views outside 0..{len(self.images) - 1}")
+        self.order = order
+
 
 class PointSampler:
     """Random image points with bilinearly filtered targets (see the module docstring).
@@ -253,6 +270,14 @@ class PointSampler:
 
     def count(self, batch: dict[str, Any]) -> int:
         return batch["uv"].shape[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's own generator state, when it has one (else torch's, which the trainer saves)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 __all__ = ["PointSampler", "RaySampler", "ViewSampler", "bilinear_lookup"]

@@ -1,32 +1,27 @@
 """Methods: what the trainer trains. `METHODS` is the one name -> class table (the `method:` key of a config).
 
-A method is a plain class with:
-
-    Config                      frozen dataclass of its `model:` keys, with defaults
-    batching                    "rays" or "views": which batches the trainer builds (see ngraphics.training.trainer)
-    __init__(config, scene, device)       scene: the training SceneData
-    train_step(batch) -> dict   forward, backward, its own optimizer step and schedules; float or 0-dim losses
-    render(cameras, background=None) -> dict of (C, H, W, k) images: rgb, depth, alpha
-    state_dict() / load_state_dict(state) everything needed to resume (tensors and plain values only)
-    export(kind, path)          optional
-    rays_per_batch              optional int attribute: ray methods that size their own batches set it
+Every method subclasses `ngraphics.methods.base.Method` (the protocol: `Config`, construction from
+`(config, scene, device, dist)`, `sampler`, `train_step`, `render`, `state_dict` / `load_state_dict`, and
+optional `metrics`, `export`). A new method is one file here and one row below; docs/architecture.md shows
+how.
 """
 
 from __future__ import annotations
 
 from ngraphics.errors import ConfigError, choice_message
+from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method, Sampler
 from ngraphics.methods.nerf import NeRF
 
-METHODS: dict[str, type] = {
+METHODS: dict[str, type[Method]] = {
     "nerf": NeRF,
 }
 
 
-def method_class(name: object, where: str = "method") -> type:
+def method_class(name: object, where: str = "method") -> type[Method]:
     """The class registered as `name` in METHODS; ConfigError with the nearest name otherwise."""
     if not isinstance(name, str) or name not in METHODS:
         raise ConfigError(choice_message(where, name, METHODS))
     return METHODS[name]
 
 
-__all__ = ["METHODS", "NeRF", "method_class"]
+__all__ = ["METHODS", "SINGLE_PROCESS", "Dist", "Method", "NeRF", "Sampler", "method_class"]

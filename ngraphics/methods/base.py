@@ -68,6 +68,8 @@ class Sampler(Protocol):
     sample(): the next batch, a dict of tensors (and plain values); the trainer adds `step` (int, from 0)
         and `progress` (float in [0, 1]: the larger of step / steps and elapsed / time budget).
     count(batch): how many units the batch holds (a host-side number: no GPU sync).
+    state_dict() / load_state_dict(state): what a resumed run needs to draw the same batches as an
+        uninterrupted one beyond the random state (e.g. the rest of a view sampler's epoch); {} if nothing.
     Ready-made samplers: `ngraphics.data.batches`.
     """
 
@@ -76,6 +78,10 @@ class Sampler(Protocol):
     def sample(self) -> dict[str, Any]: ...
 
     def count(self, batch: dict[str, Any]) -> int: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Method(ABC):

@@ -26,7 +26,7 @@ with distance (cone_angle 1/256) and a hash grid over the whole aabb_scale cube.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from ngraphics.cameras import Cameras
+from ngraphics.data.batches import RaySampler
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
 from ngraphics.fields.nerf_field import NerfField, NerfFieldConfig
+from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
 from ngraphics.metrics.image import psnr_from_mse
 from ngraphics.optim import (AdamConfig, GraphedStep, LaggedReadout, ParameterEMA, TcnnAdam, tcnn_param_groups,
                              warmup_step_decay)
@@ -62,6 +64,10 @@ class NeRFConfig:
     far: ray end, world units; -1 = none (rays end where they leave the outermost occupancy cascade).
     target_samples: samples per batch the ray count adapts to (instant-ngp: 2^18).
     initial_rays, min_rays, max_rays: first batch size and bounds of the adapted one.
+    pixel_jitter: training rays pass through a random point of each pixel (true) or through its centre (false:
+        instant-ngp's `snap_to_pixel_centers`, nerfacc's choice). Centres fit sharp, many-view captures
+        better (lego: +0.5 dB, a pixel's value is its area's average, and point rays at random places in it
+        learn a blurred scene); the random point regularises small, few-view scenes (the default scene).
     lr, betas, eps, weight_decay: Adam; x lr_decay at each progress fraction in lr_milestones; warmup_steps of
         linear warm-up; weight_decay is L2 on the MLP weights only.
     optimizer: adam (torch's fused Adam) or tcnn (tiny-cuda-nn's Adam, instant-ngp's: hash-table entries
@@ -86,6 +92,7 @@ class NeRFConfig:
     initial_rays: int = 4096
     min_rays: int = 256
     max_rays: int = 1 << 16
+    pixel_jitter: bool = True
     lr: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
@@ -113,23 +120,26 @@ class NeRFConfig:
             raise ConfigError(f"{where}.lr: expected a positive number, got {self.lr}")
 
 
-class NeRF:
-    """Instant-NGP NeRF as an ngraphics method (see `ngraphics.methods`).
+class NeRF(Method):
+    """Instant-NGP NeRF as an ngraphics method (see `ngraphics.methods.base.Method`).
 
     Args:
         config: NeRFConfig.
         scene: the training split (sets the box, aabb_scale, near plane).
         device: where parameters live.
+        dist: the process's rank (NeRF trains on one process; the value is kept for the trainer's protocol).
+    Training batches are rays (`ngraphics.data.batches.RaySampler`) whose count the method adapts so that a
+    step holds about `target_samples` samples.
     """
 
     Config = NeRFConfig
-    batching = "rays"
     # kernel-name substrings per step component, for the trainer's profile (trainer.profile_at)
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
                           "marching": ("_march_", "_early_stop_"), "compositing": ("_composite_",)}
 
-    def __init__(self, config: NeRFConfig, scene: SceneData, device: torch.device | str = "cpu"):
-        self.config, self.device = config, torch.device(device)
+    def __init__(self, config: NeRFConfig, scene: SceneData, device: torch.device | str = "cpu",
+                 dist: Dist = SINGLE_PROCESS):
+        self.config, self.device, self.dist = config, torch.device(device), dist
         aabb = scene.aabb.to(torch.float32)
         aabb_scale = float(scene.meta.get("aabb_scale", 1.0)) if not scene.contract else 1.0
         levels = config.occupancy.levels
@@ -143,6 +153,8 @@ class NeRF:
         if self.device.type != "cuda":  # fp16 grids are a GPU speed option; the CPU path stays fp32
             field_config = dataclasses.replace(field_config, grid_precision="fp32", grid_gradient_precision="fp32")
         self.field = NerfField(field_config, outer, aabb_scale=2.0 ** (levels - 1)).to(self.device)
+        # renders read this copy of the (averaged) weights, never the live parameters
+        self.render_field = copy.deepcopy(self.field).requires_grad_(False).eval()
         bounded = levels == 1
         self.step_size = math.sqrt(3.0) * float((base[1] - base[0]).max()) / config.render_steps
         self.cone_angle = (0.0 if bounded else 1.0 / 256.0) if config.cone_angle < 0 else config.cone_angle
@@ -151,6 +163,7 @@ class NeRF:
         self.near = scene.near if config.near < 0 else config.near
         self.far = 1e10 if config.far < 0 else config.far
         self.rays_per_batch = round_rays(config.initial_rays)
+        self.batches: RaySampler | None = None  # set by `sampler`; its batch size follows rays_per_batch
         self.candidates_per_ray = float(steps_to_cover(float(self.near), self.grid.outer_diagonal, self.step_size,
                                                        self.cone_angle, self.max_step))  # until measured
         self.candidates = self.candidate_buffer(self.rays_per_batch)
@@ -194,15 +207,22 @@ class NeRF:
         c = self.config
         return warmup_step_decay(step, progress, c.lr, c.warmup_steps, c.lr_decay, c.lr_milestones)
 
+    def sampler(self, scene: SceneData, device: torch.device) -> RaySampler:
+        """Random training rays (pixel centres or random points in pixels: `pixel_jitter`), as many per
+        batch as `rays_per_batch`, which `update_batch_size` adapts."""
+        self.batches = RaySampler(scene, device, self.rays_per_batch, pixel_jitter=self.config.pixel_jitter)
+        return self.batches
+
     def occupancy_fn(self, x: torch.Tensor) -> torch.Tensor:
         """Opacity of one smallest step at world points (N, 3) -> (N,)."""
         return self.field.density(x)[0] * self.step_size
 
-    def march(self, origins: torch.Tensor, directions: torch.Tensor, jitter: bool, capacity: int | None = None,
-              candidate_capacity: int | None = None) -> RaySamples:
+    def march(self, field: NerfField, origins: torch.Tensor, directions: torch.Tensor, jitter: bool,
+              capacity: int | None = None, candidate_capacity: int | None = None) -> RaySamples:
+        """Samples along rays (R, 3) through occupied cells; `field` prunes them past the early-stop point."""
         def sigma_fn(t_starts, t_ends, ray_indices):
             t = 0.5 * (t_starts + t_ends)[:, None]
-            return self.field.density(origins[ray_indices] + directions[ray_indices] * t)[0]
+            return field.density(origins[ray_indices] + directions[ray_indices] * t)[0]
 
         return march(
             origins, directions, self.grid, step_size=self.step_size, near=self.near, far=self.far,
@@ -211,21 +231,22 @@ class NeRF:
             capacity=capacity, candidate_capacity=candidate_capacity, backend=self.config.backend,
         )
 
-    def shade(self, origins: torch.Tensor, directions: torch.Tensor, samples: RaySamples,
+    def shade(self, field: NerfField, origins: torch.Tensor, directions: torch.Tensor, samples: RaySamples,
               background: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Field at the samples, composited: composite()'s dict (rgb (R, 3), alpha (R,), depth (R,), ...)."""
+        """`field` at the samples, composited: composite()'s dict (rgb (R, 3), alpha (R,), depth (R,), ...)."""
         ri = samples.ray_indices
         t = (0.5 * (samples.t_starts + samples.t_ends))[:, None]
-        sigma, rgb = self.field(origins[ri] + directions[ri] * t, directions[ri])
+        sigma, rgb = field(origins[ri] + directions[ri] * t, directions[ri])
         return composite(sigma, rgb, samples.t_starts, samples.t_ends, ri, samples.offsets, background,
                          backend=self.config.backend)
 
     def render_rays(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,
                     jitter: bool = False) -> dict[str, torch.Tensor]:
-        """Colour, opacity and depth of rays. origins, directions: (R, 3); background: (R, 3) or (3,).
+        """Colour, opacity and depth of rays with the render weights (call `refresh_render_field` first to
+        see the latest step). origins, directions: (R, 3); background: (R, 3) or (3,).
         Returns composite()'s dict plus `n_samples` (int)."""
-        samples = self.march(origins, directions, jitter)
-        out = self.shade(origins, directions, samples, background)
+        samples = self.march(self.render_field, origins, directions, jitter)
+        out = self.shade(self.render_field, origins, directions, samples, background)
         out["n_samples"] = len(samples)
         return out
 
@@ -236,7 +257,6 @@ class NeRF:
         sync (on CUDA the returned tensors are overwritten by the next step: read them before it)."""
         c = self.config
         step = int(batch["step"])
-        self.field.train()
         if step % c.occupancy.update_every == 0:
             self.grid.update(step, self.occupancy_fn, ema_decay=c.occupancy.ema_decay,
                              threshold=c.occupancy.threshold, warmup_steps=c.occupancy.warmup_steps)
@@ -261,9 +281,9 @@ class NeRF:
         shape: (rays, candidate buffer); inputs: origins, directions, rgb, background (R, 3) each."""
         c = self.config
         origins, directions, target = inputs["origins"], inputs["directions"], inputs["rgb"]
-        samples = self.march(origins, directions, jitter=c.jitter, capacity=c.target_samples,
+        samples = self.march(self.field, origins, directions, jitter=c.jitter, capacity=c.target_samples,
                              candidate_capacity=shape[1])
-        out = self.shade(origins, directions, samples, inputs["background"])
+        out = self.shade(self.field, origins, directions, samples, inputs["background"])
         valid = samples.ray_valid().float()  # rays cut from the fixed buffer are left out of the loss
         n_valid = valid.sum().clamp_min(1.0)
         if c.loss == "huber":
@@ -310,21 +330,31 @@ class NeRF:
         self.candidates_per_ray = max(n_candidates / n_valid, 1.0)
         ideal = round_rays(min(max(c.target_samples / max(n_samples / n_valid, 1e-3), c.min_rays), c.max_rays))
         if abs(ideal - self.rays_per_batch) > 0.1 * self.rays_per_batch:
-            self.rays_per_batch = ideal
+            self.set_rays_per_batch(ideal)
         R = self.rays_per_batch
         if not self.candidate_buffer(R, 1.1) <= self.candidates <= self.candidate_buffer(R, 1.6):
             self.candidates = self.candidate_buffer(R)
 
+    def set_rays_per_batch(self, n_rays: int) -> None:
+        self.rays_per_batch = n_rays
+        if self.batches is not None:
+            self.batches.batch_size = n_rays
+
+    @torch.no_grad()
+    def refresh_render_field(self) -> None:
+        """Copy the evaluation weights (the `weight_ema` average, or the raw parameters) into the render
+        field. The live parameters stay untouched, so rendering never races the training step's buffers."""
+        if self.ema is not None:
+            self.ema.copy_to(self.render_field)
+        else:
+            torch._foreach_copy_(list(self.render_field.parameters()), [p.detach() for p in self.field.parameters()])
+
     @torch.no_grad()
     def render(self, cameras: Cameras, background: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Images of C cameras of one size, with the averaged weights (`weight_ema`). Returns rgb
-        (C, H, W, 3), depth (C, H, W, 1), alpha (C, H, W, 1), float32 on the method's device.
+        """Images of C cameras of one size, with the averaged weights (`weight_ema`) held in a shadow copy.
+        Returns rgb (C, H, W, 3), depth (C, H, W, 1), alpha (C, H, W, 1), float32 on the method's device.
         background: (3,) colour behind the scene, default white."""
-        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
-            return self._render(cameras, background)
-
-    def _render(self, cameras: Cameras, background: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        self.field.eval()
+        self.refresh_render_field()
         cameras = cameras.to(self.device)
         H, W = int(cameras.height[0]), int(cameras.width[0])
         if not (bool((cameras.height == H).all()) and bool((cameras.width == W).all())):
@@ -359,7 +389,7 @@ class NeRF:
         for group in self.optimizer.param_groups:  # as `lr_holder` keeps it, whatever the checkpoint's device
             group["lr"] = self.lr_holder(float(group["lr"]))
         self.step_graph.reset()  # the loaded state lives in new tensors
-        self.rays_per_batch = round_rays(int(state["rays_per_batch"]))
+        self.set_rays_per_batch(round_rays(int(state["rays_per_batch"])))
         self.candidates = self.candidate_buffer(self.rays_per_batch)
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])

@@ -2,14 +2,12 @@
 
 Adam at NeRF learning rates leaves the parameters jittering around their optimum from step to step; the
 average over the last ~1 / (1 - decay) steps renders cleaner images than any single step (instant-ngp
-trains with decay 0.95). Training keeps updating the raw parameters; `applied()` swaps the average in for
-rendering and swaps the raw values back afterwards.
+trains with decay 0.95). Training keeps updating the raw parameters; `copy_to(shadow)` writes the average
+into a separate copy of the module that renders, so the live parameters (and the tensors a CUDA-graph step
+recorded) are never swapped, and a render can come between any two steps.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -34,19 +32,12 @@ class ParameterEMA:
         """One step of the average (no host sync; CUDA-graph safe)."""
         torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.decay)
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        """Parameters hold the average inside the block, their raw values again after it."""
-        with torch.no_grad():
-            raw = [p.detach().clone() for p in self.params]
-            for p, a in zip(self.params, self.average):
-                p.copy_(a)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, r in zip(self.params, raw):
-                    p.copy_(r)
+    @torch.no_grad()
+    def copy_to(self, shadow: nn.Module) -> None:
+        """Write the average into `shadow`'s parameters of the same names (a copy of the averaged module,
+        e.g. `copy.deepcopy(module)`); the averaged module itself is left alone."""
+        params = dict(shadow.named_parameters())
+        torch._foreach_copy_([params[name] for name in self.names], self.average)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.average))

@@ -37,7 +37,7 @@ class StepProfile:
         wall_ms = (time.perf_counter() - self.start) * 1e3 / steps
         self.prof.__exit__(None, None, None)
         events = self.prof.key_averages()
-        categories = getattr(self.trainer.method, "profile_categories", {})
+        categories = self.trainer.method.profile_categories
         split: dict[str, float] = {name: 0.0 for name in categories}
         split["rest"] = 0.0
         for e in events:  # kernels only (operator rows repeat their kernels' time)

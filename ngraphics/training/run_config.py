@@ -1,0 +1,170 @@
+"""A run's config: the `data`, `trainer` and `model` blocks as typed dataclasses, bundled-config lookup, and
+loading the splits a run needs.
+
+    config = load_run_config(find_config("nerf/lego"), ["trainer.steps=2000"])
+    scene = load_split(config.data, "train")
+
+Errors name the file (or `--set`) and the key: `lego.yaml: trainer: stpes is not a TrainerConfig key (did you
+mean steps?)`. configs/README.md documents every key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ngraphics.config import apply_overrides, configs_root, from_dict, load_mapping, to_dict
+from ngraphics.data import load_dataset
+from ngraphics.data.scene import SceneData
+from ngraphics.errors import ConfigError
+from ngraphics.methods import method_class
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Keys of the `data` block.
+
+    path: dataset folder or transforms file; null = the built-in procedural scene.
+    downscale: image size divisor applied at load (2 = half width and height).
+    background: what RGBA training images are composited on: random (a new colour per ray or view), white,
+        black, auto (the dataset's choice).
+    eval_background: background of RGBA test images and of renders (white is the NeRF-synthetic protocol).
+    train_split, eval_split: split names passed to the loader.
+    eval_views: periodic evaluations use this many evenly spaced eval views (the final one uses all); 0 = all.
+    options: extra keyword arguments for the loader (e.g. {max_frames: 20}).
+    """
+
+    path: str | None = None
+    downscale: float = 1.0
+    background: Literal["random", "white", "black", "auto"] = "random"
+    eval_background: Literal["white", "black"] = "white"
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_views: int = 4
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Keys of the `trainer` block: when to step, evaluate, log, save and stop (nothing method-specific).
+
+    steps: optimisation steps.
+    time_budget_s: if > 0, also stop after this many seconds of training (evaluation and saving excluded).
+    eval_every: steps between evaluations on `data.eval_views` views; 0 = only the final one.
+    eval_times: also evaluate once the training time passes each of these seconds (e.g. [15, 60]).
+    log_every: steps between log records (and progress-bar updates).
+    save_every: steps between checkpoints; 0 = only at the end (and on Ctrl-C).
+    keep_checkpoints: how many checkpoints to keep.
+    seed: random seed (offset by the process's rank in multi-process runs).
+    device: auto (cuda if available), cpu, cuda, cuda:1, ...
+    progress: show a progress bar.
+    render_final: write the test views into runs/<name>/renders at the end.
+    profile_at: if > 0, profile steps profile_at+1 .. profile_at+profile_steps with torch.profiler and write
+        runs/<name>/profile.txt (GPU time per category of the method's `profile_categories`, top operations).
+    profile_steps: how many steps the profile covers.
+    eval_spp: rays per pixel when evaluating: > 1 averages renders at that many sub-pixel offsets, which
+        matches images that integrate each pixel's area (instant-ngp evaluates NeRF-synthetic with 8).
+    """
+
+    steps: int = 20000
+    time_budget_s: float = 0.0
+    eval_every: int = 0
+    eval_times: tuple[float, ...] = ()
+    log_every: int = 100
+    save_every: int = 2000
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    render_final: bool = True
+    profile_at: int = 0
+    profile_steps: int = 10
+    eval_spp: int = 1
+
+    def validate(self, where: str) -> None:
+        for key in ("steps", "log_every", "keep_checkpoints", "eval_spp"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
+        for key in ("eval_every", "save_every", "time_budget_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: expected >= 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    method: str = "nerf"
+    name: str = ""
+    data: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: `method` (a key of ngraphics.methods.METHODS), run `name`, and the typed blocks."""
+
+    method: str
+    name: str
+    data: DataConfig
+    trainer: TrainerConfig
+    model: Any  # the method's Config dataclass
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "name": self.name, "data": to_dict(self.data),
+                "trainer": to_dict(self.trainer), "model": to_dict(self.model)}
+
+
+def parse_run_config(mapping: dict, where: str) -> RunConfig:
+    """Check and type a run config mapping; errors name `where` and the key (`lego.yaml: trainer: stpes ...`)."""
+    top = from_dict(_TopLevel, mapping, where)
+    cls = method_class(top.method, f"{where}: method")
+    return RunConfig(
+        method=top.method,
+        name=top.name,
+        data=from_dict(DataConfig, top.data, f"{where}: data"),
+        trainer=from_dict(TrainerConfig, top.trainer, f"{where}: trainer"),
+        model=from_dict(cls.Config, top.model, f"{where}: model"),
+    )
+
+
+def find_config(name: str | None) -> Path:
+    """A config path: an existing file, or a bundled name like `nerf/lego` or `lego`; None = nerf/default."""
+    if name is None:
+        return configs_root() / "nerf" / "default.yaml"
+    path = Path(name)
+    if path.is_file():
+        return path
+    root = configs_root()
+    for candidate in (root / name, root / f"{name}.yaml", root / "nerf" / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    bundled = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    raise ConfigError(f"{name}: config file not found (bundled configs: {', '.join(bundled)})")
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config and apply `--set a.b=c` overrides. Errors name the file (or --set) and the key."""
+    mapping = load_mapping(path)
+    parse_run_config(mapping, str(path))  # file errors name the file
+    return parse_run_config(apply_overrides(mapping, list(overrides)), f"{path} with --set" if overrides else str(path))
+
+
+def load_split(data: DataConfig, split: str) -> SceneData:
+    """Load one split with the data block's options (the loaders raise DataError naming the file).
+
+    The scene's `background` (what samplers composite RGBA targets over) is `data.background`, or the
+    loader's choice for `auto`."""
+    scene = load_dataset(data.path, split, downscale=data.downscale, **data.options)
+    if data.background != "auto":
+        scene.background = data.background
+    return scene
+
+
+def default_run_name(config_path: Path, method: str) -> str:
+    return f"{method}-{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+__all__ = ["DataConfig", "RunConfig", "TrainerConfig", "default_run_name", "find_config", "load_run_config",
+           "load_split", "parse_run_config"]

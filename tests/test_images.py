@@ -268,6 +268,8 @@ def test_keep_8bit_is_the_datasets_precision(tmp_path, rng):
     np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgba / np.float32(255))
     grey16 = rng.integers(0, 65536, (4, 3), dtype=np.uint16)
     (tmp_path / "g.png").write_bytes(_png_bytes(grey16))
-    np.testing.assert_array_equal(read_image(tmp_path / "g.png", keep_8bit=True), read_image(tmp_path / "g.png"))
+    grey = read_image(tmp_path / "g.png", keep_8bit=True)
+    assert grey.dtype == np.float32
+    np.testing.assert_array_equal(grey, read_image(tmp_path / "g.png"))
     with pytest.raises(DataError, match=r"notes\.txt \(frame 3\): not a supported image type"):
         read_dataset_image(tmp_path / "notes.txt", "frame 3")

@@ -19,7 +19,7 @@ def psnr(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> 
 
     Both images are clipped to [0, 1] first, so the number measures what a display shows: a NeRF's or an
     image fit's prediction may overshoot, and an HDR (linear, unbounded) target is compared on its [0, 1]
-    range (fit-image's EXR targets). Targets already in [0, 1] (the trainer's views) are unchanged by the clip.
+    range (fit-image's EXR targets). Targets already in [0, 1] (the trainer's views) are unchanged by it.
 
     Args:
         pred, target: images of one shape, e.g. (H, W, 3); torch tensors (any device; `target` may also be an

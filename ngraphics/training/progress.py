@@ -29,8 +29,8 @@ class _NoBar:
 
 
 def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str = "step"):
-    """A tqdm bar on stderr counting `unit`s from `initial` to `total`, or, with `enabled=False`, an object with
-    the same `update(n)`, `set_postfix_str(s)` and `close()` that prints nothing.
+    """A tqdm bar on stderr counting `unit`s from `initial` to `total`, or, with `enabled=False`, an object
+    with the same `update(n)`, `set_postfix_str(s)` and `close()` that prints nothing.
 
     Args:
         total: the count at which the bar is full (steps of the run).
@@ -78,7 +78,8 @@ def round_record(record: dict) -> dict:
 
     Example: round_record({"step": 3, "loss": 0.123456789}) == {"step": 3, "loss": 0.123457}.
     """
-    return {k: _round_float(float(v)) if isinstance(v, (float, np.floating)) else v for k, v in record.items()}
+    return {k: _round_float(float(v)) if isinstance(v, (float, np.floating)) else v
+            for k, v in record.items()}
 
 
 def _round_float(value: float) -> float:

@@ -17,8 +17,6 @@ import argparse
 import dataclasses
 import sys
 
-import torch
-
 from ngraphics.errors import ConfigError
 
 _NAMES = "HashGrid, Simplex, DenseGrid, TiledGrid, Frequency, OneBlob, TriangleWave, ..."
@@ -33,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", type=int, help="downscale the image to this longer side (0: full size; "
                         "default 512)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/fit-image-<image>-<encoding>)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="default: auto (cuda when available, else cpu)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set encoding.n_levels=8 (repeatable)")
@@ -42,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ngraphics.config import to_dict
+    from ngraphics.devices import pick_device
     from ngraphics.training.image_fitting import (
         ImageFitter,
         fit,
@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_config,
     )
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    device = pick_device(args.device, "--device")
     overrides = list(args.overrides)
     for flag, key in ((args.steps, "fit.steps"), (args.batch, "fit.batch_size"), (args.max_size, "fit.max_size")):
         if flag is not None:

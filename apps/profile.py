@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for what, text in (("encodings", "encodings alone"), ("mlp", "fused MLP vs torch"),
                        ("encoding-mlp", "encoding + MLP (NetworkWithInputEncoding)")):
         p = sub.add_parser(what, help=f"time {text}")
-        p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+        p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                       help="default: auto (cuda when available, else cpu)")
         p.add_argument("--batch-sizes", metavar="LIST", help="e.g. 2^16..2^22 or 4096,65536 (default: CPU "
                        f"{CPU_DEFAULTS['batch_sizes']}, CUDA {CUDA_DEFAULTS['batch_sizes']})")
         p.add_argument("--backends", default="torch,triton,tcnn", metavar="LIST", help="default: %(default)s")
@@ -54,12 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ngraphics.devices import pick_device
     from ngraphics.profiling import benchmarks as bm
     from ngraphics.profiling.report import environment, format_table, write_json
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    device = pick_device(args.device, "--device")
     defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     batch_sizes = parse_sizes(args.batch_sizes or defaults["batch_sizes"], "--batch-sizes")
     backends = _names(args.backends, "--backends", bm.BACKENDS)

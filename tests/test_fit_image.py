@@ -13,14 +13,18 @@ from conftest import need_data
 
 from ngraphics.errors import ConfigError
 from ngraphics.io.images import read_image, write_exr, write_image
+from ngraphics.metrics.image import psnr
 from ngraphics.optim.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+from ngraphics.training import image_fitting
 from ngraphics.training.image_fitting import (
+    ImageFitter,
+    Target,
     bilinear_lookup,
     constant_colour_psnr,
+    fit,
     fit_image_config,
     image_loss,
     pixel_centres,
-    psnr,
     resolve_config,
 )
 
@@ -75,6 +79,31 @@ def test_psnr_and_constant_colour_bound():
     bound = constant_colour_psnr(img)
     for c in (img.mean((0, 1)), img.mean((0, 1)) + 0.01, torch.full((3,), 0.5, dtype=torch.float64)):
         assert psnr(c.expand_as(img), img) <= bound + 1e-12
+
+
+def _psnr_float64(pred, target) -> float:
+    """-10 log10 of the mean squared difference of the [0, 1]-clipped images, value by value in float64."""
+    p = [min(max(float(v), 0.0), 1.0) for v in np.asarray(pred, dtype=np.float64).ravel()]
+    t = [min(max(float(v), 0.0), 1.0) for v in np.asarray(target, dtype=np.float64).ravel()]
+    return -10.0 * math.log10(sum((x - y) ** 2 for x, y in zip(p, t)) / len(p))
+
+
+def test_merged_psnr_on_numpy_and_torch_against_float64():
+    """metrics.image.psnr serves the trainer (torch) and fit-image (torch or numpy, HDR targets): both sides
+    clipped to [0, 1], computed in float64, any mix of array and tensor inputs."""
+    rng = np.random.default_rng(11)
+    pred = rng.uniform(-0.3, 1.4, (7, 9, 3)).astype(np.float32)  # overshoots on both sides
+    target = rng.uniform(-0.1, 2.5, (7, 9, 3)).astype(np.float32)  # an HDR-like target
+    want = _psnr_float64(pred, target)
+    tp, tt = torch.from_numpy(pred), torch.from_numpy(target)
+    for a, b in ((pred, target), (tp, tt), (pred, tt), (tp, target), (tp.double(), tt.half().float()),
+                 (tp.bfloat16().float(), target)):
+        assert abs(psnr(a, b) - _psnr_float64(a, b)) < 1e-9
+    assert abs(psnr(pred, target) - want) < 1e-9
+    assert psnr(np.full((2, 2), 1.5), np.ones((2, 2))) == math.inf  # equal once clipped
+    assert abs(psnr(np.zeros((3, 3)), np.full((3, 3), 0.1)) - 20.0) < 1e-9  # -10 log10(0.01)
+    with pytest.raises(ValueError, match=r"one shape.*\(4, 4, 3\).*\(4, 4, 1\)"):
+        psnr(torch.zeros(4, 4, 3), np.zeros((4, 4, 1)))
 
 
 def _adam_reference(w, grads, n_matrix, c: AdamConfig):
@@ -230,7 +259,7 @@ def test_fit_image_cli_end_to_end(tmp_path, capsys):
     assert recon.shape == target.shape == (24, 32, 3)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [20, 40, 60]
-    assert all({"loss", "psnr", "samples_per_s", "elapsed_s"} <= m.keys() for m in metrics)
+    assert all({"wall", "loss", "psnr", "samples_per_s", "elapsed_s"} <= m.keys() for m in metrics)
     psnrs = [m["psnr"] for m in metrics]
     assert psnrs[0] < psnrs[1] < psnrs[2]
     # the best constant colour is the per-channel mean; its PSNR bounds what a fit that learned nothing gets
@@ -293,3 +322,113 @@ def test_write_exr_then_fit_round_trip_names(tmp_path):
     assert main(argv) == 0
     assert read_image(out / "reconstruction.exr").shape == (16, 16, 1)
     assert read_image(out / "reconstruction.png").shape == (16, 16, 1)
+
+
+# --- the run folder: complete or absent, never overwritten ------------------------------------------------
+
+
+_FILES = ["config.yaml", "metrics.jsonl", "reconstruction.png", "summary.json", "target.png"]
+
+
+def _tiny_fitter(steps: int = 30) -> tuple[ImageFitter, Target]:
+    yy, xx = np.mgrid[0:12, 0:16] / 12.0
+    image = np.stack([0.5 + 0.5 * np.sin(4 * xx), 0.5 + 0.5 * np.cos(3 * yy), xx * yy / 2], -1)
+    image = image.astype(np.float32)
+    config, _ = fit_image_config({
+        "encoding": {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8},
+        "network": {"otype": "FullyFusedMLP", "n_neurons": 16, "n_hidden_layers": 1},
+        "fit": {"steps": steps, "batch_size": 128, "eval_every": 10},
+    })
+    return ImageFitter(image, config, device="cpu"), Target(image, "tiny", "tiny.png", False, (12, 16))
+
+
+def _stop_at(fitter: ImageFitter, step: int, error: BaseException) -> None:
+    """Make `fitter.train_step` raise `error` when it is called for step `step + 1`."""
+    real = fitter.train_step
+
+    def train_step():
+        if fitter.step == step:
+            raise error
+        return real()
+
+    fitter.train_step = train_step
+
+
+def _fit_quietly(fitter, target, out):
+    config = {"fit": {"steps": fitter.config.fit.steps}}
+    return fit(fitter, target, out, resolved_config=config, progress=False)
+
+
+def test_fit_error_mid_training_leaves_no_folder(tmp_path):
+    fitter, target = _tiny_fitter()
+    _stop_at(fitter, 15, RuntimeError("device lost"))
+    with pytest.raises(RuntimeError, match="device lost"):
+        _fit_quietly(fitter, target, tmp_path / "runs" / "tiny")
+    assert list((tmp_path / "runs").iterdir()) == []  # neither the folder nor its temporary build
+
+
+def test_fit_ctrl_c_mid_training_writes_the_complete_folder(tmp_path):
+    fitter, target = _tiny_fitter()
+    _stop_at(fitter, 15, KeyboardInterrupt())
+    summary = _fit_quietly(fitter, target, tmp_path / "runs" / "tiny")
+    out = tmp_path / "runs" / "tiny"
+    assert summary["interrupted"] and summary["steps"] == 15 and summary["folder"] == str(out)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tiny"]
+    assert sorted(p.name for p in out.iterdir()) == _FILES
+    written = json.loads((out / "summary.json").read_text())
+    assert written["interrupted"] and written["steps"] == 15
+    assert written["psnr"] == pytest.approx(summary["psnr"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10]  # the evaluations before the interrupt
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"fit": {"steps": 30}}
+
+
+def test_fit_ctrl_c_while_writing_outputs_leaves_no_folder(tmp_path, monkeypatch):
+    fitter, target = _tiny_fitter(steps=10)
+    real = image_fitting._write_images
+
+    def write_then_interrupt(folder, rendered, target):
+        real(folder, rendered, target)  # the images are there, summary.json is not yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_fitting, "_write_images", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_quietly(fitter, target, tmp_path / "runs" / "tiny")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_fit_never_overwrites_a_folder_even_when_its_name_is_taken_at_the_last_moment(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "tiny").mkdir(parents=True)
+    (runs / "tiny" / "mine.txt").write_text("keep me")
+    real = image_fitting.unique_folder
+    calls = []
+
+    def racing_unique_folder(path):
+        found = real(path)
+        if not calls:  # another process creates (and starts filling) the free name before our rename
+            found.mkdir()
+            (found / "config.yaml").write_text("theirs\n")
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(image_fitting, "unique_folder", racing_unique_folder)
+    fitter, target = _tiny_fitter(steps=10)
+    summary = _fit_quietly(fitter, target, runs / "tiny")
+    assert [p.name for p in calls] == ["tiny-2", "tiny-3"] and summary["folder"] == str(runs / "tiny-3")
+    assert (runs / "tiny" / "mine.txt").read_text() == "keep me" and len(list((runs / "tiny").iterdir())) == 1
+    assert (runs / "tiny-2" / "config.yaml").read_text() == "theirs\n"
+    assert sorted(p.name for p in (runs / "tiny-3").iterdir()) == _FILES
+    assert sorted(p.name for p in runs.iterdir()) == ["tiny", "tiny-2", "tiny-3"]
+
+
+def test_fit_image_device_flag_errors_name_the_flag(tmp_path, capsys):
+    for device, message in (("gpu0", "--device: 'gpu0' is not a device"),
+                            ("mps", "--device: 'mps': ngraphics runs on cpu or cuda")):
+        assert _fit(tmp_path, "--out", str(tmp_path / "r"), "--device", device) == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _fit(tmp_path, "--out", str(tmp_path / "r"), "--device", "cuda:1") == 2
+        err = capsys.readouterr().err
+        assert "--device: 'cuda:1' requested but torch.cuda.is_available() is False" in err
+    assert not (tmp_path / "r").exists()

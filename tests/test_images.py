@@ -14,10 +14,13 @@ from conftest import need_data
 
 from ngraphics.errors import DataError
 from ngraphics.io.images import (
+    IMAGE_SUFFIXES,
     decode_image,
     downscale,
+    downscaled_size,
     linear_to_srgb,
     read_image,
+    resize_area,
     srgb_to_linear,
     write_exr,
     write_image,
@@ -189,3 +192,84 @@ def test_downscale_is_area_average(rng):
     ref = img.reshape(4, 2, 6, 2, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(out, ref, atol=1e-6)
     assert downscale(img, 0) is img and downscale(img, 100) is img
+
+
+def test_downscale_non_integer_factor_is_resize_area(rng):
+    """downscale(max side) is resize_area at the size downscaled_size gives for max(H, W) / max_side."""
+    img = rng.random((10, 7, 3)).astype(np.float32)
+    out = downscale(img, 4)  # factor 2.5: 10 -> 4, 7 -> round(2.8) = 3
+    assert out.shape == (4, 3, 3) and downscaled_size(7, 10, 2.5) == (3, 4)
+    np.testing.assert_array_equal(out, resize_area(img, 3, 4))
+    # the longer side lands exactly on max_side for awkward ratios too
+    for h, w, m in ((4333, 3250, 512), (1000, 999, 300), (7, 1001, 3)):
+        new_w, new_h = downscaled_size(w, h, max(h, w) / m)
+        assert max(new_w, new_h) == m
+
+
+def _box_mean_premultiplied(img: np.ndarray, k: int) -> np.ndarray:
+    """k x k block means of colour * alpha and alpha, colour divided back: a float64 loop."""
+    h, w, c = img.shape
+    out = np.zeros((h // k, w // k, c))
+    for i in range(h // k):
+        for j in range(w // k):
+            block = img[i * k:(i + 1) * k, j * k:(j + 1) * k].astype(np.float64)
+            alpha = block[:, :, -1].mean()
+            out[i, j, -1] = alpha
+            if alpha > 0:
+                out[i, j, :-1] = (block[:, :, :-1] * block[:, :, -1:]).mean((0, 1)) / alpha
+    return out
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_downscale_averages_alpha_premultiplied(rng, channels):
+    img = rng.random((8, 12, channels)).astype(np.float32)
+    img[:4, :4, -1] = 0.0  # a fully transparent 2x2 block of output pixels: colour 0 there
+    out = downscale(img, 6)
+    assert out.shape == (4, 6, channels) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _box_mean_premultiplied(img, 2), atol=1e-5)
+
+
+def test_image_suffixes_cover_both_former_lists():
+    """One list for the library reader and the dataset loaders: the union of the two they used to keep."""
+    library = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".exr", ".hdr")
+    datasets = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
+    assert set(IMAGE_SUFFIXES) == set(library) | set(datasets)
+    from ngraphics.data import images as data_images
+
+    assert data_images.IMAGE_SUFFIXES is IMAGE_SUFFIXES
+
+
+def test_ppm_pgm_and_radiance_hdr_read(tmp_path, rng):
+    """Suffixes only the library reader knew before: PPM/PGM (hand-written) and .hdr (written by imageio)."""
+    rgb = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    (tmp_path / "a.ppm").write_bytes(b"P6 4 3 255\n" + rgb.tobytes())
+    np.testing.assert_array_equal(read_image(tmp_path / "a.ppm"), rgb / np.float32(255))
+    grey = rng.integers(0, 256, (2, 5), dtype=np.uint8)
+    (tmp_path / "b.PGM").write_bytes(b"P5 5 2 255\n" + grey.tobytes())
+    np.testing.assert_array_equal(read_image(tmp_path / "b.PGM"), grey[:, :, None] / np.float32(255))
+    hdr = rng.uniform(0.01, 40.0, (5, 6, 3)).astype(np.float32)
+    iio.imwrite(tmp_path / "c.hdr", hdr)
+    got = read_image(tmp_path / "c.hdr")
+    assert got.shape == (5, 6, 3) and got.dtype == np.float32
+    # RGBE: 8-bit mantissas under the pixel's largest channel's exponent, so the step is <= that channel / 128
+    assert (np.abs(got - hdr) <= hdr.max(axis=2, keepdims=True) / 128).all()
+
+
+def test_keep_8bit_is_the_datasets_precision(tmp_path, rng):
+    """read_image(keep_8bit=True) (what ngraphics.data.images.read_image is) keeps 8-bit code values; 16-bit
+    files are float32 either way; errors name the file and the context."""
+    from ngraphics.data.images import read_image as read_dataset_image
+
+    rgba = rng.integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    (tmp_path / "a.png").write_bytes(_png_bytes(rgba))
+    for got in (read_image(tmp_path / "a.png", keep_8bit=True), read_dataset_image(tmp_path / "a.png")):
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, rgba)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgba / np.float32(255))
+    grey16 = rng.integers(0, 65536, (4, 3), dtype=np.uint16)
+    (tmp_path / "g.png").write_bytes(_png_bytes(grey16))
+    grey = read_image(tmp_path / "g.png", keep_8bit=True)
+    assert grey.dtype == np.float32
+    np.testing.assert_array_equal(grey, read_image(tmp_path / "g.png"))
+    with pytest.raises(DataError, match=r"notes\.txt \(frame 3\): not a supported image type"):
+        read_dataset_image(tmp_path / "notes.txt", "frame 3")

@@ -76,6 +76,8 @@ def test_profile_bad_arguments_are_one_line(capsys):
     assert "\n" not in err and "HashGird" in err and "HashGrid" in err
     assert main(["profile", "encodings", "--device", "cpu", "--backends", "torch,cuda"]) == 2
     assert "cuda" in capsys.readouterr().err
+    assert main(["profile", "mlp", "--device", "gpu0"]) == 2  # ngraphics.devices.pick_device names the flag
+    assert "--device: 'gpu0' is not a device" in capsys.readouterr().err
 
 
 def test_parse_sizes():

@@ -1,14 +1,15 @@
-"""Read and write images as float32 arrays `(H, W, C)`.
+"""Read, write and shrink images as arrays `(H, W, C)`.
 
 LDR files (PNG 8/16 bit, JPG, BMP, TIFF …) come back as their stored values scaled to [0, 1] (sRGB-encoded
 for ordinary photos: no conversion is applied); EXR and HDR files come back as the linear values they hold.
-Greyscale stays one channel, channel order is R, G, B(, A). `decode_image` is the one decoder underneath: it
-keeps the file's precision (uint8 for 8-bit files), which the dataset loaders (`ngraphics.data.images`) keep
-while they process images. Writers go through `atomic_path`, so a crash never leaves a half-written file. A
-missing or unreadable file raises `DataError` naming the path.
+Greyscale stays one channel, channel order is R, G, B(, A). `read_image` is the one reader for the library
+and the dataset loaders (`ngraphics.data.images` asks it to keep 8-bit files as uint8, which keeps its
+on-disk cache small); `decode_image` is the decoder underneath. Writers go through `atomic_path`, so a crash
+never leaves a half-written file. A missing or unreadable file raises `DataError` naming the path.
+`resize_area` is the one area (box-filter) shrink; `downscale` expresses "longer side at most N" through it.
 
     img = read_image("photo.jpg")           # (H, W, 3) float32 in [0, 1]
-    write_image("out.png", img)             # 8-bit PNG
+    write_image("out.png", downscale(img, 512))
     write_exr("out.exr", srgb_to_linear(img))
 """
 
@@ -22,6 +23,9 @@ import torch
 from ngraphics.errors import DataError
 from ngraphics.io.atomic import atomic_path
 
+# The files `read_image` accepts (and the dataset loaders look for): every format of the library's and the
+# loaders' former lists together. LDR: OpenCV's PNG, JPEG, BMP, TIFF, WebP and PPM/PGM decoders (8 or 16 bit);
+# HDR: OpenEXR (through the OpenEXR bindings) and Radiance .hdr (OpenCV), both linear float.
 LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 HDR_SUFFIXES = (".exr", ".hdr")
 IMAGE_SUFFIXES = LDR_SUFFIXES + HDR_SUFFIXES
@@ -52,28 +56,37 @@ def linear_to_srgb(x):
 
 # --- reading ------------------------------------------------------------------------------------------------
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, where: str | None = None, *, keep_8bit: bool = False) -> np.ndarray:
     """Read an image file.
 
     Args:
-        path: PNG (8 or 16 bit), JPG, BMP, TIFF, WebP, EXR or Radiance HDR.
+        path: a file whose suffix is in `IMAGE_SUFFIXES` (case-insensitive): PNG (8 or 16 bit), JPEG, BMP,
+            TIFF, WebP, PPM/PGM, OpenEXR or Radiance HDR.
+        where: context for error messages, e.g. "transforms_train.json frame 3".
+        keep_8bit: return 8-bit files as their uint8 code values (the dataset loaders' precision: their cache
+            stays small and cached and fresh results are bit-identical); 16-bit and float files are float32
+            either way.
     Returns:
-        (H, W, C) float32, C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA). LDR values are the stored
-        code values / (2^bits - 1), in [0, 1]; EXR/HDR values are linear and unbounded.
+        (H, W, C), C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA). float32: LDR values are the stored
+        code values / (2^bits - 1), in [0, 1]; EXR/HDR values are linear and unbounded. With `keep_8bit`,
+        8-bit files are uint8.
     Raises:
-        DataError naming the path when the file is missing, not an image, or corrupt.
+        DataError naming the path (and `where`) when the suffix is not an image type or the file is missing,
+        not an image, or corrupt.
     """
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise DataError(f"{path}: not a supported image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    img = decode_image(path)
+        name = f"{path} ({where})" if where else str(path)
+        raise DataError(f"{name}: not a supported image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    img = decode_image(path, where)
     if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
+        return img if keep_8bit else img.astype(np.float32) / 255.0
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 65535.0
     if img.dtype.kind == "f":
         return np.ascontiguousarray(img, dtype=np.float32)
-    raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8/16-bit integers or float)")
+    name = f"{path} ({where})" if where else str(path)
+    raise DataError(f"{name}: unsupported pixel type {img.dtype} (expected 8/16-bit integers or float)")
 
 
 def decode_image(path: str | Path, where: str | None = None) -> np.ndarray:
@@ -231,28 +244,68 @@ def _as_hwc(img, path: Path) -> np.ndarray:
 
 # --- resizing -----------------------------------------------------------------------------------------------
 
-def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink so that the longer side is at most `max_side` (area averaging); never enlarges.
+def downscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """Size of an image shrunk by `factor` (>= 1): (max(1, round(W / f)), max(1, round(H / f)))."""
+    return max(1, round(width / factor)), max(1, round(height / factor))
 
-    img: (H, W, C) float32. Returns (H', W', C) float32; `max_side <= 0` returns `img` unchanged."""
+
+def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Shrink with area averaging (OpenCV's INTER_AREA box filter: each output pixel is the mean of the source
+    area it covers). Images with alpha (grey+alpha, RGBA: alpha is the last channel) are averaged
+    premultiplied, so the colour of transparent pixels does not bleed into their neighbours; where the
+    averaged alpha is 0 the colour is 0.
+
+    Args:
+        image: (H, W, C) or (H, W) uint8 or float (float32/float64; linear or sRGB-encoded values alike).
+        width, height: target size in pixels (<= the source size for proper area averaging).
+    Returns: (height, width[, C]) in the input's dtype (uint8 results are rounded); `image` itself when the
+        size is already right.
+    """
     import cv2
 
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    size = (int(width), int(height))
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        x = image.astype(np.float32 if image.dtype == np.uint8 else image.dtype)
+        if image.dtype == np.uint8:
+            x /= 255.0
+        x[:, :, :-1] *= x[:, :, -1:]
+        y = cv2.resize(x, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], image.shape[2])
+        alpha = y[:, :, -1:]
+        y[:, :, :-1] = np.where(alpha > 1e-6, y[:, :, :-1] / np.maximum(alpha, 1e-6), 0.0)
+        if image.dtype == np.uint8:
+            return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+        return y
+    y = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if image.ndim == 3 and y.ndim == 2:
+        y = y[:, :, None]
+    return y
+
+
+def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so that the longer side is at most `max_side`: `resize_area` by the factor max(H, W) / max_side
+    (sizes from `downscaled_size`); never enlarges.
+
+    img: (H, W, C) float32 (or anything `resize_area` takes). Returns (H', W', C) in img's dtype;
+    `max_side <= 0` or an image already small enough returns `img` itself."""
     h, w = img.shape[:2]
     if max_side <= 0 or max(h, w) <= max_side:
         return img
-    s = max_side / max(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    out = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    return out.reshape(size[1], size[0], img.shape[2]).astype(np.float32)
+    return resize_area(img, *downscaled_size(w, h, max(h, w) / max_side))
 
 
 __all__ = [
+    "HDR_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "LDR_SUFFIXES",
     "decode_image",
     "downscale",
+    "downscaled_size",
     "linear_to_srgb",
     "read_exr",
     "read_image",
+    "resize_area",
     "srgb_to_linear",
     "write_exr",
     "write_image",

@@ -9,18 +9,34 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio for data in [0, 1]: -10 log10(MSE).
+def psnr(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float:
+    """Peak signal-to-noise ratio, peak 1: -10 log10(mean((clip(pred) - clip(target))^2)) in float64.
+
+    Both images are clipped to [0, 1] first, so the number measures what a display shows: a NeRF's or an
+    image fit's prediction may overshoot, and an HDR (linear, unbounded) target is compared on its [0, 1]
+    range (fit-image's EXR targets). Targets already in [0, 1] (the trainer's views) are unchanged by it.
 
     Args:
-        pred, target: images of the same shape, e.g. (H, W, 3), float in [0, 1] (pred is clamped).
-    Returns: dB (inf for identical images).
+        pred, target: images of one shape, e.g. (H, W, 3); torch tensors (any device; `target` may also be an
+            array when `pred` is a tensor, and vice versa) or numpy arrays; any float or integer dtype, values
+            on the [0, 1] scale (uint8 code values must be divided by 255 first).
+    Returns: dB as a Python float; inf for identical images.
+    Raises: ValueError when the shapes differ.
+    Example: psnr(np.zeros((4, 4, 1)), np.full((4, 4, 1), 0.1)) == 20.0 (up to rounding).
     """
-    mse = float(((pred.clamp(0, 1).double() - target.double()) ** 2).mean())
+    pred_t = torch.as_tensor(pred)
+    device = pred_t.device if isinstance(pred, torch.Tensor) else None
+    target_t = torch.as_tensor(target, device=device)
+    if pred_t.shape != target_t.shape:
+        raise ValueError(f"psnr: pred and target must have one shape, got {tuple(pred_t.shape)} and "
+                         f"{tuple(target_t.shape)}")
+    diff = pred_t.to(target_t.device, torch.float64).clamp(0, 1) - target_t.to(torch.float64).clamp(0, 1)
+    mse = float((diff * diff).mean())
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 

@@ -3,8 +3,8 @@
 Each step draws `batch_size` uniform positions `uv in [0, 1)^2` (u along the width, v along the height),
 looks the target up with bilinear filtering (pixel centres at `(i + 0.5) / W`, clamped at the border, like a
 CUDA texture in `mlp_learning_an_image.cu`), and takes one tiny-cuda-nn-style Adam step on a tiny-cuda-nn
-loss (default `RelativeL2`). Evaluation renders every pixel centre and reports the PSNR of the clipped
-prediction against the image.
+loss (default `RelativeL2`). Evaluation renders every pixel centre and reports the PSNR
+(`ngraphics.metrics.image.psnr`: both sides clipped to [0, 1]) of the prediction against the image.
 
     fitter = ImageFitter(read_image("albert.jpg"), config, device="cpu")
     for step in range(config.fit.steps):
@@ -18,6 +18,7 @@ tiny-cuda-nn's `data/config_hash.json`) plus ngraphics's `fit` block (steps, bat
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -32,11 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ngraphics.config import apply_overrides, deep_merge, from_dict, load_mapping
+from ngraphics.config import apply_overrides, configs_root, deep_merge, from_dict, load_mapping
 from ngraphics.errors import ConfigError, DataError, unknown_key_message
-from ngraphics.io.atomic import append_jsonl, atomic_write_text, atomic_write_yaml
-from ngraphics.io.images import downscale, linear_to_srgb, read_image, write_exr, write_image
+from ngraphics.io.atomic import atomic_write_text
+from ngraphics.io.images import HDR_SUFFIXES, downscale, linear_to_srgb, read_image, write_exr, write_image
+from ngraphics.metrics.image import psnr
 from ngraphics.optim.adam import AdamConfig, TcnnAdam, tcnn_param_groups
+from ngraphics.training.progress import progress_bar, rate_text, round_record
+from ngraphics.training.run_folder import RunFolder
 
 # --- configs -------------------------------------------------------------------------------------------------
 
@@ -137,7 +141,7 @@ def fit_image_config(data: dict, where: str = "config", *, strict: bool = True) 
     return config, [str(k) for k in unknown]
 
 
-# --- target lookup, losses, metrics ------------------------------------------------------------------------
+# --- target lookup and losses ------------------------------------------------------------------------------
 
 
 def bilinear_lookup(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -193,15 +197,6 @@ def image_loss(otype: str, prediction: torch.Tensor, target: torch.Tensor) -> to
     else:
         raise ConfigError(f"loss.otype: {otype!r} is not one of {', '.join(LOSSES)}")
     return values.mean()
-
-
-def psnr(prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> float:
-    """PSNR in dB of `prediction` clipped to [0, 1] against `target` clipped to [0, 1] (peak 1).
-    Both any matching shape. Returns inf for identical images."""
-    pred = torch.as_tensor(prediction, dtype=torch.float64).clamp(0, 1)
-    ref = torch.as_tensor(target, dtype=torch.float64).clamp(0, 1)
-    mse = float(((pred - ref) ** 2).mean())
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 # --- the fitter ------------------------------------------------------------------------------------------------
@@ -276,7 +271,8 @@ class ImageFitter:
         return torch.cat(out).reshape(self.height, self.width, self.n_channels)
 
     def psnr(self, rendered: torch.Tensor | None = None) -> float:
-        """PSNR of the (clipped) reconstruction against the target, in dB."""
+        """PSNR in dB of the reconstruction (`rendered`, or a fresh `render()`) against the target, both
+        clipped to [0, 1] (`ngraphics.metrics.image.psnr`)."""
         return psnr(self.render() if rendered is None else rendered, self.image)
 
 
@@ -313,28 +309,16 @@ def load_target(path: str | Path | None, max_size: int = 512) -> Target:
     else:
         path = Path(path)
         image = read_image(path)
-        name, source, hdr = path.stem, str(path), path.suffix.lower() in (".exr", ".hdr")
+        name, source, hdr = path.stem, str(path), path.suffix.lower() in HDR_SUFFIXES
     if not np.isfinite(image).all():
         raise DataError(f"{source}: image has {int((~np.isfinite(image)).sum())} NaN/inf values")
     return Target(downscale(image, max_size), name, source, hdr, tuple(image.shape[:2]))
 
 
-def configs_dir() -> Path:
-    """The packaged `configs/` folder (installed as `ngraphics.configs`, or beside the source checkout)."""
-    try:
-        from importlib.resources import files
-
-        folder = Path(str(files("ngraphics.configs")))
-        if (folder / "image").is_dir():
-            return folder
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "configs"
-
-
 def named_encodings() -> dict[str, Path]:
-    """Encoding name (lower case) -> its default 2D fit-image config in `configs/image/`."""
-    return {p.stem.lower(): p for p in sorted((configs_dir() / "image").glob("*.json"))}
+    """Encoding name (lower case) -> its default 2D fit-image config in the bundled `configs/image/`
+    (`ngraphics.config.configs_root`)."""
+    return {p.stem.lower(): p for p in sorted((configs_root() / "image").glob("*.json"))}
 
 
 @dataclass(frozen=True)
@@ -421,82 +405,98 @@ def fit(
     progress: bool = True,
     extra_summary: dict | None = None,
 ) -> dict:
-    """Train `fitter` for `fitter.config.fit.steps` steps and write the run folder.
+    """Train `fitter` for `fitter.config.fit.steps` steps and write the run folder (a `RunFolder`).
 
-    The folder is built under a temporary name beside `out` and renamed at the end, to `out` or, when that
-    exists, `out-2`, `out-3`, …; so a run folder is never half-written and no run is overwritten. Ctrl-C
-    stops training early; the results so far are still written (summary `interrupted: true`).
+    The folder is built under a temporary name beside `out` (`.<name>.*.tmp`) and renamed at the end to `out`
+    or, when that exists, `out-2`, `out-3`, …: a run folder is never half-written and no run is overwritten.
+    Ctrl-C during training stops it early and the results so far are still written (summary `interrupted:
+    true`); any other exception, or a Ctrl-C while the outputs are written, removes the temporary folder and
+    propagates, leaving no folder behind.
 
-    Writes: `reconstruction.png` (+ `reconstruction.exr` for HDR input), `target.png`, `metrics.jsonl`
-    (one line per evaluation: step, loss, psnr, samples_per_s, elapsed_s), `config.yaml` (the resolved
-    config, reusable with `--config`), `summary.json`.
+    Writes: `config.yaml` (`resolved_config`, reusable with `--config`; `RunFolder.create`), `metrics.jsonl`
+    (`RunFolder.log`, one record per evaluation: wall, step, loss, psnr, samples_per_s, elapsed_s),
+    `reconstruction.png` (+ `reconstruction.exr` for HDR input), `target.png`, `summary.json`.
     Returns: the summary dict, with `folder` the final path.
     """
-    from tqdm.auto import tqdm
-
     cfg = fitter.config.fit
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        atomic_write_yaml(tmp / "config.yaml", resolved_config)
-        metrics = tmp / "metrics.jsonl"
-        bar = tqdm(total=cfg.steps, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
-        train_time, interrupted, last_psnr = 0.0, False, float("nan")
-        loss_sum = torch.zeros((), device=fitter.device)
-        loss_count, window_time, window_steps = 0, 0.0, 0
-        try:
-            while fitter.step < cfg.steps:
-                t0 = time.perf_counter()
-                loss_sum += fitter.train_step()
-                loss_count += 1
-                if fitter.step % 25 == 0 or fitter.step % cfg.eval_every == 0 or fitter.step == cfg.steps:
-                    loss_value = float(loss_sum) / loss_count  # synchronises
-                else:
-                    loss_value = None
-                dt = time.perf_counter() - t0
-                train_time += dt
-                window_time += dt
-                window_steps += 1
-                bar.update(1)
-                if loss_value is None:
-                    continue
-                rate = window_steps * cfg.batch_size / max(window_time, 1e-9)
-                if fitter.step % cfg.eval_every == 0 or fitter.step == cfg.steps:
-                    last_psnr = fitter.psnr()
-                    append_jsonl(metrics, {
-                        "step": fitter.step, "loss": loss_value, "psnr": last_psnr,
-                        "samples_per_s": rate, "elapsed_s": train_time,
-                    })
-                    loss_sum.zero_()
-                    loss_count = 0
-                bar.set_postfix_str(f"loss={loss_value:.4g} psnr={last_psnr:.2f}dB {_si(rate)}samples/s")
-                window_time, window_steps = 0.0, 0
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
+        run = RunFolder(tmp)
+        run.create(resolved_config)
+        train_time, interrupted = _train(fitter, run, progress)
         rendered = fitter.render()
-        final_psnr = fitter.psnr(rendered)
         _write_images(tmp, rendered.cpu().numpy(), target)
         summary = {
             "image": target.source, "size": [fitter.height, fitter.width, fitter.n_channels],
             "original_size": list(target.original_size), "hdr": target.hdr,
             "encoding": fitter.config.encoding.get("otype"), "steps": fitter.step, "batch_size": cfg.batch_size,
-            "psnr": final_psnr, "constant_colour_psnr": constant_colour_psnr(fitter.image),
+            "psnr": fitter.psnr(rendered), "constant_colour_psnr": constant_colour_psnr(fitter.image),
             "n_params": fitter.n_params, "encoding_params": fitter.encoding_params,
             "train_time_s": train_time, "samples_per_s": fitter.step * cfg.batch_size / max(train_time, 1e-9),
             "device": str(fitter.device), "interrupted": interrupted, **(extra_summary or {}),
         }
         atomic_write_text(tmp / "summary.json", json.dumps(_finite(summary), indent=1) + "\n")
-        final = unique_folder(out)
-        os.rename(tmp, final)
+        final = _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _usual_dir_permissions(final)
     summary["folder"] = str(final)
     return summary
+
+
+def _train(fitter: ImageFitter, run: RunFolder, progress: bool) -> tuple[float, bool]:
+    """Step `fitter` to `fit.steps`; every `fit.eval_every` steps (and at the last) evaluate the PSNR and log
+    a record; every 25 steps refresh the bar. Only those steps wait for the device (`float(loss)`).
+
+    Returns: (training seconds, evaluations excluded; whether Ctrl-C stopped it)."""
+    cfg = fitter.config.fit
+    bar = progress_bar(cfg.steps, fitter.step, enabled=progress)
+    train_time, window_time, window_steps = 0.0, 0.0, 0
+    loss_sum, loss_count, last_psnr = torch.zeros((), device=fitter.device), 0, math.nan
+    try:
+        while fitter.step < cfg.steps:
+            start = time.perf_counter()
+            loss_sum += fitter.train_step()
+            loss_count += 1
+            evaluate = fitter.step % cfg.eval_every == 0 or fitter.step == cfg.steps
+            shown = evaluate or fitter.step % 25 == 0
+            loss = float(loss_sum) / loss_count if shown else math.nan  # the mean since the last record
+            dt = time.perf_counter() - start
+            train_time, window_time, window_steps = train_time + dt, window_time + dt, window_steps + 1
+            bar.update(1)
+            if not shown:
+                continue
+            samples_per_s = window_steps * cfg.batch_size / max(window_time, 1e-9)
+            if evaluate:
+                last_psnr = fitter.psnr()
+                run.log(round_record({"step": fitter.step, "loss": loss, "psnr": last_psnr,
+                                      "samples_per_s": samples_per_s, "elapsed_s": train_time}))
+                loss_sum.zero_()
+                loss_count = 0
+            rate = rate_text(window_steps * cfg.batch_size, window_time, "samples")
+            bar.set_postfix_str(f"loss {loss:.4g}, psnr {last_psnr:.2f} dB, {rate}")
+            window_time, window_steps = 0.0, 0
+    except KeyboardInterrupt:
+        return train_time, True
+    finally:
+        bar.close()
+    return train_time, False
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Rename the finished folder `tmp` to `unique_folder(out)`; if another process takes that name first,
+    the rename fails (a folder with contents is never replaced) and the next free name is tried."""
+    while True:
+        final = unique_folder(out)
+        try:
+            os.rename(tmp, final)
+            return final
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
 
 
 def _write_images(folder: Path, rendered: np.ndarray, target: Target) -> None:
@@ -511,24 +511,19 @@ def _write_images(folder: Path, rendered: np.ndarray, target: Target) -> None:
 
 
 def _usual_dir_permissions(path: Path) -> None:
+    """mkdtemp makes the folder 0700; give it the mode a plain mkdir would (0777 minus the umask)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o777 & ~umask)
 
 
 def _finite(obj):
+    """NaN/inf -> None (null) throughout a summary, so summary.json is strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     return obj
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{unit} "
-    return f"{x:.3g} "
 
 
 __all__ = [
@@ -543,7 +538,6 @@ __all__ = [
     "Target",
     "bilinear_lookup",
     "build_model",
-    "configs_dir",
     "constant_colour_psnr",
     "fit",
     "fit_image_config",
@@ -551,7 +545,6 @@ __all__ = [
     "load_target",
     "named_encodings",
     "pixel_centres",
-    "psnr",
     "resolve_config",
     "unique_folder",
 ]

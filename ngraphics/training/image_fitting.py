@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ngraphics.config import apply_overrides, configs_root, deep_merge, from_dict, load_mapping
+from ngraphics.data.batches import bilinear_lookup
 from ngraphics.errors import ConfigError, DataError, unknown_key_message
 from ngraphics.io.atomic import atomic_write_text
 from ngraphics.io.images import HDR_SUFFIXES, downscale, linear_to_srgb, read_image, write_exr, write_image
@@ -142,29 +143,6 @@ def fit_image_config(data: dict, where: str = "config", *, strict: bool = True) 
 
 
 # --- target lookup and losses ------------------------------------------------------------------------------
-
-
-def bilinear_lookup(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinearly filtered image lookup with clamp-to-edge.
-
-    Args:
-        image: (H, W, C) float32.
-        uv: (N, 2) float32 in [0, 1]; u = x / width, v = y / height; pixel (i, j) has its centre at
-            ((j + 0.5) / W, (i + 0.5) / H).
-    Returns: (N, C) float32. Not differentiable w.r.t. uv (the target is data).
-    """
-    h, w = image.shape[:2]
-    x = uv[:, 0] * w - 0.5
-    y = uv[:, 1] * h - 0.5
-    x0f, y0f = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0f)[:, None], (y - y0f)[:, None]
-    x0 = x0f.long().clamp(0, w - 1)
-    y0 = y0f.long().clamp(0, h - 1)
-    x1 = (x0f.long() + 1).clamp(0, w - 1)
-    y1 = (y0f.long() + 1).clamp(0, h - 1)
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
 
 
 def pixel_centres(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:

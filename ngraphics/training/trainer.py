@@ -17,7 +17,6 @@ their evaluation weights, so rendering never disturbs training state.
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from ngraphics.errors import ConfigError
 from ngraphics.methods import method_class
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
 from ngraphics.training.evaluation import evaluate_method
+from ngraphics.training.progress import progress_bar, rate_text, round_record
 from ngraphics.training.run_config import RunConfig, load_split, parse_run_config
 from ngraphics.training.run_folder import RunFolder
 from ngraphics.training.step_profile import StepProfile
@@ -156,7 +156,7 @@ class Trainer:
         Ctrl-C saves a checkpoint and returns {"interrupted": True}; any other exception leaves the last
         checkpoint as it was and propagates."""
         t, main = self.config.trainer, self.dist.is_main
-        bar = _progress_bar(t.steps, self.step, enabled=t.progress and main)
+        bar = progress_bar(t.steps, self.step, enabled=t.progress and main)
         unit = self.sampler.unit
         log_count, log_time, last = 0, 0.0, {}
         if main:
@@ -195,9 +195,8 @@ class Trainer:
                 log_time += dt
                 log_count += self.sampler.count(batch)
                 if log_now and main:
-                    rate = log_count / max(log_time, 1e-9)
-                    self._log_train(last, unit, rate)
-                    bar.set_postfix_str(_postfix(last, rate, unit))
+                    self._log_train(last, unit, log_count / max(log_time, 1e-9))
+                    bar.set_postfix_str(_postfix(last, log_count, log_time, unit))
                 if log_now:
                     log_count, log_time = 0, 0.0
                 bar.update(1)
@@ -224,7 +223,7 @@ class Trainer:
 
     def _log_train(self, losses: dict, unit: str, rate: float) -> None:
         record = {"step": self.step, "time": round(self.elapsed, 3), "split": "train",
-                  f"{unit}_per_s": round(rate, 1), **_round(losses)}
+                  f"{unit}_per_s": round(rate, 1), **round_record(losses)}
         if self.device.type == "cuda":
             record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
         self.run.log(record)
@@ -236,7 +235,7 @@ class Trainer:
     def _log_eval(self, result: dict) -> None:
         record = {k: v for k, v in result.items() if k != "per_view"}
         self.run.log({"step": self.step, "time": round(self.elapsed, 3), "split": self.config.data.eval_split,
-                      **_round(record)})
+                      **round_record(record)})
         extra = "".join(f", {k} {v:.4g}" for k, v in record.items()
                         if k not in ("psnr", "ssim", "n_views") and isinstance(v, float))
         print(f"step {self.step}: {self.config.data.eval_split} PSNR {result['psnr']:.2f} dB, "
@@ -264,27 +263,9 @@ def restore_run(run: RunFolder, split: str | None = None, device: str = "auto", 
     return config, method, scene, path
 
 
-def _round(record: dict) -> dict:
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
-
-
-def _postfix(losses: dict, rate: float, unit: str) -> str:
+def _postfix(losses: dict, count: float, seconds: float, unit: str) -> str:
     parts = [f"{k} {losses[k]:.4g}" for k in ("loss", "psnr") if k in losses]
-    return ", ".join(parts + [f"{rate / 1e3:.1f}k {unit}/s"])
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, s: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return ", ".join(parts + [rate_text(count, seconds, unit)])
 
 
 __all__ = ["Hook", "Trainer", "restore_run"]

@@ -1,5 +1,6 @@
 """Triton volume compositing of packed samples: `composite_triton`, the twin of
-`ngraphics.rendering.compositing.composite` (same arguments, same dict), forward and backward kernels.
+`ngraphics.rendering.compositing.composite_torch` (same arguments, same dict; `composite` picks one of the
+two through `ngraphics.ops`), forward and backward kernels.
 
 Layout: samples of R rays packed ray after ray, ray r owning samples offsets[r]:offsets[r + 1] (the
 kernels read the packing from `offsets`; `ray_indices` must agree with it, as the marcher guarantees).

@@ -53,6 +53,15 @@ INTERP_CODE = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 # next level group (level_fastest) or the next points' same level group (tcnn's order).
 TUNING = {kind: {"block": 128, "warps": 4, "group": "auto", "level_fastest": False}
           for kind in ("fwd", "bwd", "bwd_bwd")}
+MAX_LOG2_HASHMAP_SIZE = 24  # the largest hashed level table the kernels take (the torch reference takes any)
+
+
+def unsupported_reason(spec: GridSpec) -> str | None:
+    """Why the kernels cannot run `spec`, or None. `ngraphics.ops` asks it (op `grid_encode`): at construction
+    for a forced triton backend (a ConfigError) and per call for auto (the torch reference instead)."""
+    if spec.grid_type == "Hash" and max(spec.hashmap_sizes) > 2**MAX_LOG2_HASHMAP_SIZE:
+        return f"log2_hashmap_size > {MAX_LOG2_HASHMAP_SIZE}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Triton ray marching through an occupancy grid: `march_triton`, the twin of
-`ngraphics.rendering.marching.march` (same arguments, same samples, same `RaySamples`).
+`ngraphics.rendering.marching.march_torch` (same arguments, same samples, same `RaySamples`; `march` picks
+one of the two through `ngraphics.ops`).
 
 The torch reference builds every candidate step of every ray, (R, S) at once, and compacts with `nonzero`.
 Here one lane of a program owns one ray and walks it front to back:
@@ -36,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ngraphics.backends import triton_interpreter
+from ngraphics.ops import triton_interpreter
 from ngraphics.rendering.compositing import offsets_from_counts
 from ngraphics.rendering.marching import DensityFn, RaySamples, fit_to_capacity, ray_aabb, steps_to_cover
 from ngraphics.rendering.occupancy import OccupancyGrid

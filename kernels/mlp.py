@@ -350,7 +350,9 @@ def _p2(n: int) -> int:
 
 
 def unsupported_reason(x: torch.Tensor, weights: list[torch.Tensor], spec: MLPSpec) -> str | None:
-    """Why the kernel cannot run this call (None when it can); such calls take the torch path."""
+    """Why the kernel cannot run this call (None when it can). `ngraphics.ops` asks it (op `mlp_forward`) with
+    `MLP.forward`'s padded input, weights and spec: auto then takes the torch path, a forced triton backend is
+    a ConfigError; `mlp_forward_triton` called directly warns once and takes `mlp_forward_torch`."""
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} (the kernel runs float16 and bfloat16, float32 only in the interpreter)"
     if x.dtype == torch.float32 and x.device.type == "cuda":

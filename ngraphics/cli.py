@@ -1,10 +1,14 @@
 """The `ngraphics` command line. Each verb is a thin program in `ngraphics.apps` with two functions:
-`add_arguments(parser)` and `run(args) -> int`. User mistakes (`NgraphicsError`) print one line, no trace."""
+`add_arguments(parser)` and `run(args) -> int`. User mistakes (`NgraphicsError`) print one line, no trace.
+While a verb runs, INFO lines of the `ngraphics` loggers (each op's backend decision, from `ngraphics.ops`) go
+to stderr as plain messages; importing ngraphics installs no handler."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
 
 from ngraphics.errors import NgraphicsError
@@ -47,13 +51,46 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._app.run(args) or 0)
+        with log_to_stderr():
+            return int(args._app.run(args) or 0)
     except NgraphicsError as err:
         print(f"ngraphics {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ngraphics {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """A stream handler that prints through `tqdm.write`, so a log line never lands inside a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def log_to_stderr(level: int = logging.INFO):
+    """For the length of the block, records of the `ngraphics` loggers at `level` and above are written to
+    stderr (the stream current at entry) as `%(message)s` lines, e.g. `grid_encode runs on torch: tensors are
+    on cpu (...)`. Handler and logger level are restored afterwards (tests call `main` many times)."""
+    logger = logging.getLogger("ngraphics")
+    handler = _BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(level)
+    old_level = logger.level
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 if __name__ == "__main__":

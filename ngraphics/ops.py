@@ -5,7 +5,8 @@ One policy for every op, behind the `backend` option (`auto | torch | triton`) o
 that use them:
     torch   the readable reference; runs everywhere.
     triton  the kernel; where it cannot run (no Triton, tensors off CUDA without TRITON_INTERPRET=1, a
-            configuration the kernel lacks), a ConfigError names the op and the reason.
+            configuration the kernel lacks), a ConfigError names the op and the reason: at construction for
+            what a module knows then (`check_supported`), else at the call (`use_kernel`).
     auto    the kernel where it can run on CUDA tensors, else the reference; the first decision for each op
             is written once to the `ngraphics.ops` log (and kept in `decisions()` for the run log).
 
@@ -17,6 +18,9 @@ the names in `OPS`. The kernels import the references' specs and helpers, so imp
     if ops.use_kernel("composite", backend, sigmas.device):
         return ops.kernel("composite")(sigmas, rgbs, ...)
     ...the reference...
+
+The log lines reach the terminal through the CLI (`ngraphics.cli.log_to_stderr`); the library installs no
+handler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import functools
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,12 +103,19 @@ def unavailable_reason(name: str, device: torch.device | str, *details) -> str |
         return missing
     if device.type != "cuda" and not triton_interpreter():
         return f"tensors are on {device} (kernels need CUDA, or TRITON_INTERPRET=1)"
-    if op.unsupported is not None:
-        try:
-            return _load(op.unsupported)(*details)
-        except ImportError as err:
-            return f"{op.kernel.split(':')[0]} does not import ({err})"
-    return None
+    return _unsupported(op, *details)
+
+
+def check_supported(name: str, backend: str, *details) -> None:
+    """The construction-time half of the policy, before any tensor exists: for `backend="triton"`, a
+    ConfigError (naming the op and the reason) when op `name`'s kernel cannot run this configuration on any
+    device (Triton missing, or the op's `unsupported` check refuses `details`). `auto` and `torch` pass: auto
+    decides per call in `use_kernel`."""
+    if check_backend(backend) != "triton":
+        return
+    reason = _triton_missing() or _unsupported(_op(name), *details)
+    if reason:
+        raise ConfigError(_refusal(name, reason))
 
 
 def use_kernel(name: str, backend: str, device: torch.device | str, *details) -> bool:
@@ -118,7 +130,7 @@ def use_kernel(name: str, backend: str, device: torch.device | str, *details) ->
     reason = unavailable_reason(name, device, *details)
     if backend == "triton":
         if reason:
-            raise ConfigError(f"{name}: backend 'triton' cannot run here: {reason}; use backend 'torch' or 'auto'")
+            raise ConfigError(_refusal(name, reason))
         return _decide(name, "triton", "backend='triton' was asked for")
     if reason is None and device.type == "cuda":
         return _decide(name, "triton", f"CUDA tensors on {device}")
@@ -147,17 +159,32 @@ def _decide(name: str, backend: str, reason: str) -> bool:
     return backend == "triton"
 
 
+def _refusal(name: str, reason: str) -> str:
+    return f"{name}: backend 'triton' cannot run here: {reason}; use backend 'torch' or 'auto'"
+
+
+def _unsupported(op: Op, *details) -> str | None:
+    if op.unsupported is None:
+        return None
+    try:
+        return _load(op.unsupported)(*details)
+    except ImportError as err:
+        return f"{op.kernel.split(':')[0]} does not import ({err})"
+
+
 def _op(name: str) -> Op:
     if name not in OPS:
         raise KeyError(choice_message("op", name, OPS))
     return OPS[name]
 
 
-@functools.cache
 def _load(target: str) -> Callable:
+    # Looked up on every call, not cached: a reloaded module (the interpreter switch of the kernel tests) or a
+    # monkeypatched function is what runs. Once imported, this is a dict lookup and a getattr.
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    loaded = sys.modules.get(module) or importlib.import_module(module)
+    return getattr(loaded, attr)
 
 
-__all__ = ["BACKENDS", "OPS", "Op", "check_backend", "decisions", "kernel", "reference", "triton_interpreter",
-           "unavailable_reason", "use_kernel"]
+__all__ = ["BACKENDS", "OPS", "Op", "check_backend", "check_supported", "decisions", "kernel", "reference",
+           "triton_interpreter", "unavailable_reason", "use_kernel"]

@@ -444,7 +444,7 @@ def test_config_errors_name_the_key(config, message):
 def test_other_errors_and_lenient_mode():
     with pytest.raises(ConfigError, match="n_input_dims must be 1..7"):
         HashGrid(8, {})
-    with pytest.raises(ConfigError, match="backend 'triton' does not support log2_hashmap_size > 24"):
+    with pytest.raises(ConfigError, match="grid_encode: backend 'triton' cannot run here: log2_hashmap_size > 24"):
         HashGrid(2, {"log2_hashmap_size": 25}, backend="triton")  # raised before the table is allocated
     enc = HashGrid(2, {"n_levels": 2, "n_levle": 3}, strict=False)
     assert enc.unknown_keys == ("n_levle",) and enc.spec.n_levels == 2

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ngraphics.backends import check_backend
+from ngraphics.ops import check_backend
 from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError
 

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ngraphics.backends import resolve_backend
+from ngraphics import ops
 from ngraphics.config import from_dict
 from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError, choice_message
@@ -76,7 +76,6 @@ MAX_DIMS = 7  # tcnn's hash has 7 primes
 MAX_LEVELS = 128  # tcnn's MAX_N_LEVELS
 MASK32 = 0xFFFFFFFF
 INIT_RANGE = 1e-4  # tcnn initialize_params: uniform(-1e-4, 1e-4)
-TRITON_MAX_LOG2_HASHMAP_SIZE = 24
 
 
 def _canonical(value: str, options: tuple[str, ...], where: str,
@@ -268,13 +267,6 @@ def grid_index_plan(spec: GridSpec, level: int) -> tuple[tuple[int, ...], bool]:
     return tuple(strides), hashed
 
 
-def triton_unsupported_reason(spec: GridSpec) -> str | None:
-    """Why the Triton path cannot run `spec` (the torch reference runs everything), or None."""
-    if spec.grid_type == "Hash" and max(spec.hashmap_sizes) > 2**TRITON_MAX_LOG2_HASHMAP_SIZE:
-        return f"log2_hashmap_size > {TRITON_MAX_LOG2_HASHMAP_SIZE}"
-    return None
-
-
 def _mul32(a: torch.Tensor, b: int) -> torch.Tensor:
     """(a * b) mod 2^32 for int64 `a` in [0, 2^32) and int `b` in [0, 2^32), without int64 overflow."""
     if b == 1:
@@ -402,8 +394,9 @@ class Grid(Encoding):
     x: (N, D) float in [0, 1] (not clamped) -> (N, n_levels * n_features_per_level).
     `self.spec` holds the resolved layout; `self.params` the flat table (tcnn order, so state dicts load),
     float32 master parameters initialised uniform in [-1e-4, 1e-4] from `seed`.
-    Backends: `torch` (reference), `triton` (`ngraphics.kernels.grid`); `auto` takes Triton on CUDA when the
-    kernel supports the spec (`triton_unsupported_reason`), else torch.
+    Backends (`ngraphics.ops`, op `grid_encode`): `torch` (reference), `triton` (`ngraphics.kernels.grid`;
+    a spec the kernel lacks is a ConfigError at construction); `auto` takes Triton on CUDA when the kernel
+    supports the spec (`ngraphics.kernels.grid.unsupported_reason`), else torch.
     dtype: the tables' and the output's precision. Our default training dtype: fp32 master params; float32
         in the native API, float16 tables+outputs when dtype=torch.float16 (the tcnn drop-in on CUDA).
         None (default): params' dtype, float32 for the float32 master params, the exact twin of the
@@ -435,10 +428,7 @@ class Grid(Encoding):
         self.gradient_dtype = check_precision(gradient_dtype, self.otype, "gradient_dtype")
         self.spec = grid_spec(n_input_dims, self.config, self.otype)
         self.n_output_dims = self.spec.n_levels * self.spec.n_features
-        self._triton_reason = triton_unsupported_reason(self.spec)
-        if self.backend == "triton" and self._triton_reason:
-            raise ConfigError(f"{self.otype}: backend 'triton' does not support {self._triton_reason}; "
-                              "use backend='torch' or 'auto'")
+        ops.check_supported("grid_encode", self.backend, self.spec)  # before the table is allocated
         generator = torch.Generator().manual_seed(seed)
         init = torch.rand(self.spec.n_params, generator=generator, dtype=torch.float32)
         self.params = nn.Parameter(init * (2 * INIT_RANGE) - INIT_RANGE)
@@ -448,12 +438,9 @@ class Grid(Encoding):
         self.check_input(x)
         if not x.is_floating_point():
             raise ValueError(f"{self.otype}: positions must be float, got {x.dtype}")
-        backend = resolve_backend(self.backend, x.device)
-        if backend == "triton" and self._triton_reason is None:
-            from ngraphics.kernels.grid import grid_encode_triton
-
-            out = grid_encode_triton(x, self.params, self.spec, table_dtype=self.dtype, out_dtype=self.dtype,
-                                     gradient_dtype=self.gradient_dtype)
+        if ops.use_kernel("grid_encode", self.backend, x.device, self.spec):
+            out = ops.kernel("grid_encode")(x, self.params, self.spec, table_dtype=self.dtype,
+                                            out_dtype=self.dtype, gradient_dtype=self.gradient_dtype)
         else:
             out = grid_encode_torch(x, round_params(self.params, self.dtype), self.spec)
         return out.to(self.dtype or self.params.dtype)
@@ -516,5 +503,4 @@ __all__ = [
     "grid_encode_torch",
     "grid_index_plan",
     "grid_spec",
-    "triton_unsupported_reason",
 ]

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ngraphics.backends import resolve_backend
+from ngraphics import ops
 from ngraphics.config import from_dict
 from ngraphics.encodings.base import Encoding, check_precision, round_params
 from ngraphics.errors import ConfigError
@@ -246,8 +246,8 @@ class Simplex(Encoding):
 
     Keys and defaults as tcnn's HashGrid: n_levels 16, n_features_per_level 2, log2_hashmap_size 19,
     base_resolution 16, per_level_scale 2.0. `seed` seeds the uniform [-1e-4, 1e-4] initialisation of the
-    float32 master `params`. Runs the Triton kernel (ngraphics.kernels.simplex) where `backend` resolves to
-    triton, else torch.
+    float32 master `params`. Runs the Triton kernel (ngraphics.kernels.simplex) where `ngraphics.ops` says
+    so for `backend` (op `simplex_encode`), else torch.
     dtype: tables' and output precision, as for `HashGrid`. Our default training dtype: fp32 master params;
         float32 in the native API, float16 tables+outputs when dtype=torch.float16 (the tcnn drop-in on
         CUDA). None (default; float32 kernels, the exact twin of the reference, whose output has the
@@ -281,11 +281,9 @@ class Simplex(Encoding):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, D) float in [0, 1] -> (N, L * F), in `dtype` when it is set."""
         self.check_input(x)
-        if resolve_backend(self.backend, x.device) == "triton":
-            from ngraphics.kernels.simplex import simplex_encode_triton
-
-            out = simplex_encode_triton(x, self.params, self.spec, table_dtype=self.dtype,
-                                        out_dtype=self.dtype, gradient_dtype=self.gradient_dtype)
+        if ops.use_kernel("simplex_encode", self.backend, x.device):
+            out = ops.kernel("simplex_encode")(x, self.params, self.spec, table_dtype=self.dtype,
+                                               out_dtype=self.dtype, gradient_dtype=self.gradient_dtype)
         else:
             out = simplex_encode_torch(x, round_params(self.params, self.dtype), self.spec)
         return out if self.dtype is None else out.to(self.dtype)

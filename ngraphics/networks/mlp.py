@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ngraphics.backends import check_backend, resolve_backend
+from ngraphics import ops
 from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError, choice_message
 from ngraphics.networks.pcg32 import Pcg32, uniform_matrix
@@ -207,8 +207,10 @@ class MLP(nn.Module):
         seed: tcnn's PCG32 seed for the initial weights; None draws one from torch's generator.
         dtype: compute dtype on CUDA (float16 like tcnn, bfloat16 or float32). CPU computes in float32
             (float64 when params or inputs are float64, e.g. for gradcheck).
-        backend: `auto | torch | triton` (triton: `ngraphics.kernels.mlp.mlp_forward_triton`, forward only
-            where the kernel says so).
+        backend: `auto | torch | triton` (`ngraphics.ops`, op `mlp_forward`; triton:
+            `ngraphics.kernels.mlp.mlp_forward_triton`). Calls the kernel cannot run (its
+            `unsupported_reason`: float32 on CUDA, float64, layers past 128 wide, ...) take the torch path
+            under auto (logged once) and raise ConfigError under triton.
         strict: unknown config keys raise ConfigError (True) or are kept in `self.unknown_keys`.
 
     forward(x: (N, n_input_dims) float) -> (N, n_output_dims) in the compute dtype.
@@ -263,7 +265,7 @@ class MLP(nn.Module):
         )
         self.dtype = dtype
         self.loss_scale = 128.0  # tcnn's default loss scale for fp16 parameters (used only in fp16)
-        self.backend = check_backend(backend, f"{where}.backend")
+        self.backend = ops.check_backend(backend, f"{where}.backend")
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.seed = seed
@@ -303,23 +305,13 @@ class MLP(nn.Module):
         if pad:
             h = torch.cat([h, h.new_ones(h.shape[0], pad)], dim=1)
         weights = split_params(params.to(dtype), self.spec)
-        out = None
-        if resolve_backend(self.backend, x.device) == "triton":
-            out = self._forward_triton(h, weights)
-        if out is None:
+        if ops.use_kernel("mlp_forward", self.backend, x.device, h, weights, self.spec):
+            out = ops.kernel("mlp_forward")(h, weights, self.spec)
+        else:
             out = mlp_forward_torch(h, weights, self.spec)
         if dtype == torch.float16 and out.requires_grad:
             out = _ScaleGrad.apply(out, self.loss_scale)
         return out
-
-    def _forward_triton(self, h: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor | None:
-        try:
-            from ngraphics.kernels.mlp import mlp_forward_triton
-        except ImportError:
-            if self.backend == "triton":
-                raise ConfigError("backend 'triton': ngraphics.kernels.mlp is not installed") from None
-            return None  # auto: the torch path
-        return mlp_forward_triton(h, weights, self.spec)
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ngraphics import ops
 from ngraphics.profiling.timing import time_fn
 
 BACKENDS = ("torch", "triton", "tcnn")
@@ -171,15 +172,12 @@ def _build_mlp(backend, n_input, n_output, cfg, device, dtype) -> nn.Module:
 
 
 def _mlp_triton_check(module: nn.Module, x: torch.Tensor) -> str | None:
-    """The Triton MLP quietly falls back to torch for shapes it does not run; report those as n/a."""
-    try:
-        from ngraphics.kernels.mlp import unsupported_reason
-    except ImportError as err:
-        return f"ngraphics.kernels.mlp not importable ({err})"
+    """Calls the Triton MLP does not run (`ngraphics.ops` refuses them under backend triton): n/a, and why."""
     dtype = module.compute_dtype(x, module.params)
     pad = module.spec.padded_input_dims - module.n_input_dims
     h = torch.cat([x.to(dtype), x.new_ones(x.shape[0], pad, dtype=dtype)], 1) if pad else x.to(dtype)
-    return unsupported_reason(h[:16], [w.to(dtype) for w in module.weights()], module.spec)
+    return ops.unavailable_reason("mlp_forward", h.device, h[:16], [w.to(dtype) for w in module.weights()],
+                                  module.spec)
 
 
 def encoding_mlp_cases(names, dims, batch_sizes, backends, device, dtype, network=None) -> list[Case]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ngraphics import ops
+
 
 def compile_times(cases: list[dict], *, batch_size: int = 2**16, dtype: str = "float16",
                   timeout_s: float = 300) -> list[dict]:
@@ -81,14 +83,12 @@ def _probe(spec: dict, env: dict, timeout_s: float, cwd: str) -> dict[int, dict]
 def _runtime_init() -> None:
     """What every first Triton call pays once per process, kept out of the per-kernel numbers: the CUDA
     context, importing the kernel modules, and Triton's driver and launcher set-up (a one-line kernel)."""
-    import importlib
-
     import triton
     import triton.language as tl
 
-    for name in ("grid", "simplex", "mlp"):
+    for name in ("grid_encode", "simplex_encode", "mlp_forward"):
         try:
-            importlib.import_module(f"ngraphics.kernels.{name}")
+            ops.kernel(name)
         except ImportError:
             pass
 

@@ -1,4 +1,6 @@
-"""Volume compositing of packed ray samples (the torch reference; differentiable).
+"""Volume compositing of packed ray samples, differentiable: `composite` dispatches through `ngraphics.ops`
+(op `composite`) to the torch reference `composite_torch` or to its twin
+`ngraphics.kernels.compositing.composite_triton`.
 
 Samples of R rays are stored flat ("packed"), ray after ray, as the marcher returns them:
 `ray_indices (N,)` sorted ascending and `offsets (R + 1,)` with the samples of ray r at
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ngraphics.backends import resolve_backend
+from ngraphics import ops
 
 
 def offsets_from_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,8 @@ def composite(
         ray_indices: ray of each sample. (N,) int64, sorted ascending.
         offsets: packed offsets. (R + 1,) int64 (R rays, also those without samples).
         background: colour behind each ray. (R, 3) or (3,) float, or None for black.
-        backend: auto | torch | triton (`ngraphics.kernels.compositing.composite_triton`, same outputs).
+        backend: auto | torch | triton (`ngraphics.ops`, op `composite`: `composite_torch` or
+            `ngraphics.kernels.compositing.composite_triton`, same outputs).
     Returns: dict
         rgb (R, 3) float32, composited over the background;
         alpha (R,) float32, accumulated opacity sum_i w_i;
@@ -101,10 +104,22 @@ def composite(
         >>> composite(torch.tensor([1e3, 1e3]), torch.ones(2, 3), torch.tensor([0., 1.]), torch.tensor([1., 2.]), z, off)["alpha"]
         tensor([1.])
     """
-    if resolve_backend(backend, sigmas.device) == "triton":
-        from ngraphics.kernels.compositing import composite_triton
+    use_kernel = ops.use_kernel("composite", backend, sigmas.device)
+    impl = ops.kernel("composite") if use_kernel else composite_torch
+    return impl(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, background)
 
-        return composite_triton(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, background)
+
+def composite_torch(
+    sigmas: torch.Tensor,
+    rgbs: torch.Tensor,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    ray_indices: torch.Tensor,
+    offsets: torch.Tensor,
+    background: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The torch reference of `composite` (same arguments but `backend`, same dict); twin of
+    `ngraphics.kernels.compositing.composite_triton`."""
     R = offsets.shape[0] - 1
     T, alpha = transmittance_packed(sigmas, t_starts.detach(), t_ends.detach(), ray_indices, offsets)
     weights = T * alpha  # (N,)

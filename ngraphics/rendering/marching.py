@@ -6,8 +6,10 @@ cell, and, given a density callback, drops the samples behind the point where tr
 `early_stop_eps` (and those with opacity below `alpha_thre`). The caller owns the field: like nerfacc's
 estimator, the callback gets `(t_starts, t_ends, ray_indices)` and returns densities, so any model fits.
 
-This is the torch reference: it builds every candidate step of every ray, (R, S) at once, and compacts with
-`nonzero` (one host sync per compaction). Samples are packed: see `ngraphics.rendering.compositing`.
+`march` dispatches through `ngraphics.ops` (op `march`). `march_torch` is the torch reference: it builds
+every candidate step of every ray, (R, S) at once, and compacts with `nonzero` (one host sync per
+compaction); `ngraphics.kernels.marching.march_triton` is its twin. Samples are packed: see
+`ngraphics.rendering.compositing`.
 
 Fixed-size buffers (training). With `capacity`, the samples come back in buffers of exactly that many
 entries, so nothing downstream needs the sample count on the host (no sync; shapes known in advance).
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ngraphics.backends import resolve_backend
+from ngraphics import ops
 from ngraphics.rendering.compositing import offsets_from_counts, transmittance_packed
 from ngraphics.rendering.occupancy import OccupancyGrid
 
@@ -227,16 +229,37 @@ def march(
             on the Triton path).
         candidate_capacity: with capacity, the buffer for the samples before the early-stop test (default
             capacity); rays that do not fit in it are dropped before the density callback runs.
-        backend: auto | torch | triton (`ngraphics.kernels.marching.march_triton`, same samples).
+        backend: auto | torch | triton (`ngraphics.ops`, op `march`: `march_torch` or
+            `ngraphics.kernels.marching.march_triton`, same samples).
     Returns: RaySamples. Not differentiable (distances only).
     """
-    if resolve_backend(backend, origins.device) == "triton":
-        from ngraphics.kernels.marching import march_triton
+    impl = ops.kernel("march") if ops.use_kernel("march", backend, origins.device) else march_torch
+    return impl(origins, directions, grid, step_size=step_size, near=near, far=far, cone_angle=cone_angle,
+                max_step=max_step, density_fn=density_fn, early_stop_eps=early_stop_eps,
+                alpha_thre=alpha_thre, jitter=jitter, max_steps=max_steps, capacity=capacity,
+                candidate_capacity=candidate_capacity)
 
-        return march_triton(origins, directions, grid, step_size=step_size, near=near, far=far,
-                            cone_angle=cone_angle, max_step=max_step, density_fn=density_fn,
-                            early_stop_eps=early_stop_eps, alpha_thre=alpha_thre, jitter=jitter, max_steps=max_steps,
-                            capacity=capacity, candidate_capacity=candidate_capacity)
+
+def march_torch(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    grid: OccupancyGrid,
+    *,
+    step_size: float,
+    near: float = 0.0,
+    far: float = 1e10,
+    cone_angle: float = 0.0,
+    max_step: float = math.inf,
+    density_fn: DensityFn | None = None,
+    early_stop_eps: float = 1e-4,
+    alpha_thre: float = 0.0,
+    jitter: bool = False,
+    max_steps: int = 4096,
+    capacity: int | None = None,
+    candidate_capacity: int | None = None,
+) -> RaySamples:
+    """The torch reference of `march` (same arguments but `backend`, same samples): every candidate step of
+    every ray, (R, S) at once, compacted with `nonzero`. Twin of `ngraphics.kernels.marching.march_triton`."""
     R = origins.shape[0]
     aabb = grid.outer_aabb.to(origins.device)
     t_near, t_far = ray_aabb(origins, directions, aabb)

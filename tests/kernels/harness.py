@@ -28,8 +28,6 @@ from types import ModuleType
 import pytest
 import torch
 
-from ngraphics.backends import triton_available
-
 REPO = Path(__file__).resolve().parents[2]
 
 # fp32 tables: output 2e-5, gradients 1e-4 (fp32 atomics sum in another order); fp16 tables are compared with
@@ -53,12 +51,12 @@ def interpreted_kernels(*names: str) -> tuple[list[ModuleType], bool]:
     """Import `ngraphics.kernels.<name>` for each name, under the interpreter when there is no CUDA device.
 
     Returns: (the modules, interpreted?). Modules imported earlier in this process without the interpreter
-    are reloaded (`_atomics`, then `_common`, so the reloaded modules pick up their interpreted helpers), and
-    `triton_available()` is asked again. Skips the calling test module when triton is not installed.
+    are reloaded (`_atomics`, then `_common`, so the reloaded modules pick up their interpreted helpers); the
+    policy (`ngraphics.ops.use_kernel`) reads the flag on every call. Skips the calling test module when
+    triton is not installed.
     """
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (triton.jit reads it there)
-        triton_available.cache_clear()  # backend="triton" modules: a first answer may predate the flag
     pytest.importorskip("triton")
     atomics = importlib.import_module("ngraphics.kernels._atomics")
     common = importlib.import_module("ngraphics.kernels._common")

@@ -117,7 +117,7 @@ def test_interpreter_module_float16_precision_and_prime_hash():
     """HashGrid(dtype=float16, backend="triton") runs the kernels with fp16 tables and outputs, as the torch
     backend emulates them; the Prime hash goes to the kernels too (no torch fallback)."""
     config = {"n_levels": 3, "log2_hashmap_size": 7, "base_resolution": 3, "hash": "Prime"}
-    assert HashGrid(3, config, backend="triton")._triton_reason is None
+    assert kgrid.unsupported_reason(HashGrid(3, config, backend="triton").spec) is None
     check_module_float16(lambda backend: HashGrid(3, config, backend=backend, dtype=torch.float16), 3)
 
 

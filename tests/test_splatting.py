@@ -324,14 +324,16 @@ def test_rasterize_stage_gradients_reach_every_input():
 # gsplat's golden input
 
 
-def load_garden(device="cpu", scale: float = 0.25, seed: int = 0) -> tuple[dict, Cameras]:
+def load_garden(device="cpu", scale: float = 0.25, every: int = 1, seed: int = 0) -> tuple[dict, Cameras]:
     """gsplat's `load_test_data`: test_garden.npz cropped to [-2, 2]^3, random scales U(0, 0.02), unit
-    random quaternions, opacities U(0, 1), its 3 w2c viewmats and Ks (cameras scaled by `scale`)."""
+    random quaternions, opacities U(0, 1), its 3 w2c viewmats and Ks (cameras scaled by `scale`).
+    every: keep every n-th Gaussian (the CPU reference costs ~256 pair evaluations per tile intersection:
+    ~480k intersections for the whole set at scale 0.25, tens of seconds)."""
     data = np.load(need_data("splat", "test_garden.npz"))
     means = torch.from_numpy(data["means3d"]).float()
     colors = torch.from_numpy(data["colors"]).float() / 255.0
     keep = ((means >= -2) & (means <= 2)).all(dim=-1)
-    means, colors = means[keep], colors[keep]
+    means, colors = means[keep][::every], colors[keep][::every]
     gen = torch.Generator().manual_seed(seed)
     N = means.shape[0]
     scene = {"means": means, "quats": torch.nn.functional.normalize(torch.randn(N, 4, generator=gen), dim=-1),
@@ -345,10 +347,10 @@ def load_garden(device="cpu", scale: float = 0.25, seed: int = 0) -> tuple[dict,
 
 
 def test_garden_renders_on_the_reference():
-    scene, cams = load_garden(scale=0.25)
+    scene, cams = load_garden(scale=0.25, every=8)
     out = rasterization(**scene, cameras=cams, backend="torch")
     assert out["rgb"].shape == (3, 105, 162, 3)
     for k in ("rgb", "depth", "alpha"):
         assert torch.isfinite(out[k]).all(), k
     assert 0 <= out["alpha"].min() and out["alpha"].max() <= 1
-    assert (out["alpha"] > 0.5).float().mean() > 0.3  # the garden fills much of every view
+    assert (out["alpha"] > 0.5).float().mean() > 0.2  # the garden fills much of every view

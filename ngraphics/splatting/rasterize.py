@@ -15,7 +15,8 @@ depth order (3DGS `renderCUDA`, gsplat `rasterize_to_pixels_fwd`):
     alpha   = sum_i T_i alpha_i = 1 - T_final
 
 A Gaussian reaches every pixel of every tile its 3-sigma box touches (so the truncation follows the tiles,
-as in 3DGS). The reference loops over non-empty tiles and evaluates a (pixels, Gaussians) block per tile.
+as in 3DGS). The reference loops over non-empty tiles and evaluates (pixels, Gaussians) blocks of CHUNK
+Gaussians front to back, leaving a tile once all its pixels have stopped.
 Gradients flow to means2d, conics, colours and opacities; the skip, clamp and stop tests are piecewise
 constant (no gradient through the thresholds).
 """
@@ -27,6 +28,7 @@ import torch
 ALPHA_MAX = 0.99  # 3DGS clamps alpha so that 1 - alpha stays invertible in the backward pass
 ALPHA_MIN = 1.0 / 255.0  # contributions below one 8-bit step are skipped
 T_MIN = 1e-4  # a pixel stops once its transmittance would fall to this
+CHUNK = 256  # Gaussians per (pixels, Gaussians) block; tiles stop early once all their pixels have stopped
 
 
 def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
@@ -65,16 +67,22 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colors: tor
         u, v = u[u < width], v[v < height]
         vv, uu = torch.meshgrid(v, u, indexing="ij")  # (h, w) each
         px = torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=-1).to(dt) + 0.5  # (P, 2): pixel centres
-        g = flatten_ids[starts[t]:ends[t]]  # (K,): front to back
-        d = mu[g][None, :, :] - px[:, None, :]  # (P, K, 2)
-        a, b, c = con[g].unbind(-1)  # (K,) each
-        sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]  # (P, K)
-        alpha = torch.clamp(opa[g] * torch.exp(-sigma), max=ALPHA_MAX)  # (P, K)
-        alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))  # (P, K)
-        trans = torch.cumprod(1.0 - alpha, dim=1)  # (P, K): T_{i+1}
-        T = torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], dim=1)  # (P, K): T_i
-        w = alpha * T * (trans > T_MIN)  # (P, K): stopped Gaussians weigh 0 (trans is non-increasing)
-        out = torch.cat([w @ col[g], w.sum(dim=1, keepdim=True)], dim=1)  # (P, D + 1)
+        out = torch.zeros(px.shape[0], D + 1, device=dev, dtype=dt)  # (P, D + 1)
+        T_prev = torch.ones(px.shape[0], 1, device=dev, dtype=dt)  # (P, 1): transmittance before the chunk
+        for first in range(starts[t], ends[t], CHUNK):  # chunks of the tile's Gaussians, front to back
+            g = flatten_ids[first:min(first + CHUNK, ends[t])]  # (K,)
+            d = mu[g][None, :, :] - px[:, None, :]  # (P, K, 2)
+            a, b, c = con[g].unbind(-1)  # (K,) each
+            sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]  # (P, K)
+            alpha = torch.clamp(opa[g] * torch.exp(-sigma), max=ALPHA_MAX)  # (P, K)
+            alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))  # (P, K)
+            trans = T_prev * torch.cumprod(1.0 - alpha, dim=1)  # (P, K): T_{i+1}
+            T = torch.cat([T_prev, trans[:, :-1]], dim=1)  # (P, K): T_i
+            w = alpha * T * (trans > T_MIN)  # (P, K): stopped Gaussians weigh 0 (trans is non-increasing)
+            out = out + torch.cat([w @ col[g], w.sum(dim=1, keepdim=True)], dim=1)  # (P, D + 1)
+            T_prev = trans[:, -1:]
+            if bool((T_prev <= T_MIN).all()):  # every pixel of the tile has stopped
+                break
         pix_index.append((cam * height + vv.reshape(-1)) * width + uu.reshape(-1))
         pix_values.append(out)
     image = torch.zeros(C * height * width, D + 1, device=dev, dtype=dt)  # (CHW, D + 1)

@@ -1,6 +1,7 @@
 """3D Gaussian splatting: a differentiable tile rasterizer in three stages, each a plain-torch reference that
-runs on CPU (`project_gaussians` → `intersect_tiles` → `rasterize_to_pixels`), the blending stage also a Triton
-kernel on CUDA (through `ngraphics.ops`, op "splat_rasterize"). `rasterization` runs the three.
+runs on CPU (`project_gaussians` → `intersect_tiles` → `rasterize_to_pixels`); projection and blending are
+also Triton kernels on CUDA (through `ngraphics.ops`, ops "splat_project" and "splat_rasterize"; the tile
+sort stays torch). `rasterization` runs the three.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
         mip_filter: Mip-Splatting's 2D filter: opacities times sqrt(det Sigma2d / det(Sigma2d + 0.3 I)), so the
             low-pass keeps each splat's integral. Default False (3DGS's plain dilation).
         near_plane: Gaussians with camera depth below this are culled, world units. Default 0.01.
-        backend: "auto" | "torch" | "triton" for the blending stage (see `ngraphics.ops`). Default "auto".
+        backend: "auto" | "torch" | "triton" for the projection and blending stages (see `ngraphics.ops`).
+            Default "auto".
     Returns: dict
         rgb: blended colours. (C, H, W, D)
         features: blended features. (C, H, W, F); only when `features` is given
@@ -73,8 +75,13 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
                           f"{cameras.width.tolist()} and heights {cameras.height.tolist()}; render them apart")
     c2w = cameras.c2w.to(means)
     viewmats = torch.linalg.inv(c2w)  # (C, 4, 4): world to camera
-    proj = project_gaussians(means, quats, scales, opacities, viewmats, cameras.K.to(means), width, height,
-                             near=near_plane, mip_filter=mip_filter)
+    project, raster = project_gaussians, rasterize_to_pixels
+    if ops.use_kernel("splat_project", backend, means.device):
+        project = ops.kernel("splat_project")
+    if ops.use_kernel("splat_rasterize", backend, means.device):
+        raster = ops.kernel("splat_rasterize")
+    proj = project(means, quats, scales, opacities, viewmats, cameras.K.to(means), width, height,
+                   near=near_plane, mip_filter=mip_filter)
     if sh_degree is not None:
         assert colors.dim() == 3 and colors.shape[2] == 3, f"SH colours must be (N, K, 3), got {colors.shape}"
         dirs = means[None, :, :] - c2w[:, None, :3, 3]  # (C, N, 3)
@@ -90,9 +97,6 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     parts.append(proj["depths"][..., None])  # (C, N, 1)
     channels = torch.cat(parts, dim=2)  # (C, N, D + F + 1): every channel blends the same way
     isect = intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], TILE_SIZE, width, height)
-    raster = rasterize_to_pixels
-    if ops.use_kernel("splat_rasterize", backend, means.device):
-        raster = ops.kernel("splat_rasterize")
     image, alpha = raster(proj["means2d"], proj["conics"], channels, proj["opacities"], width, height, TILE_SIZE,
                           isect["flatten_ids"], isect["offsets"])  # (C, H, W, D + F + 1), (C, H, W, 1)
     rgb = image[..., :D]

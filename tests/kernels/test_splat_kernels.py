@@ -1,9 +1,12 @@
-"""Parity of `ngraphics.kernels.splat_rasterize.rasterize_to_pixels_triton` with the torch reference
-`ngraphics.splatting.rasterize.rasterize_to_pixels`, forward and every gradient, on fresh random scenes.
+"""Parity of the splatting kernels with their torch references, forward and every gradient, on fresh random
+scenes: `ngraphics.kernels.splat_project.project_gaussians_triton` vs `project_gaussians` and
+`ngraphics.kernels.splat_rasterize.rasterize_to_pixels_triton` vs `rasterize_to_pixels`.
 
-Two levels: the rasterize stage alone (gradients to means2d, conics, colours, opacities) and the whole
-`rasterization` (backend "triton" vs "torch": gradients to means, quats, scales, opacities, colours or SH
-coefficients, features), both with random cotangents on every output.
+Three levels: the project stage alone (gradients to means, quats, scales, opacities; Gaussians around and
+behind the cameras, some far off screen where the Jacobian's clamp acts, with and without the mip filter),
+the rasterize stage alone (gradients to means2d, conics, colours, opacities) and the whole `rasterization`
+(backend "triton" vs "torch": both kernels; gradients to means, quats, scales, opacities, colours or SH
+coefficients, features), all with random cotangents on every output.
 
 - CPU: the kernels under the Triton interpreter (in this process, `harness.interpreted_kernels`) on a few
   Gaussians and ~16-40 pixel images; the scenes include clamped alphas (opacity > 0.99), pixels that stop
@@ -31,7 +34,7 @@ from test_splatting import load_garden, look_at_cameras, random_scene  # noqa: E
 from ngraphics import ops  # noqa: E402
 from ngraphics.splatting import intersect_tiles, project_gaussians, rasterization, rasterize_to_pixels  # noqa: E402
 
-(ksplat,), INTERPRETED = interpreted_kernels("splat_rasterize")
+(ksplat, kproject), INTERPRETED = interpreted_kernels("splat_rasterize", "splat_project")
 CPU_TOL = {"out": 1e-5, "grad": 1e-4}
 GPU_TOL = {"out": 1e-4, "grad": 1e-3}
 
@@ -94,6 +97,38 @@ def check_pipeline(scene: dict, cams, gen: torch.Generator, err, tol: dict, feat
     return errs
 
 
+def check_project(scene: dict, cams, gen: torch.Generator, err, tol: dict, mip_filter: bool) -> dict:
+    """project_gaussians: triton vs torch, outputs and the four input gradients. Culled Gaussians (behind the
+    camera) get a depth cotangent only (the kernel's documented contract; the rasterizer never reads them)."""
+    dev = scene["means"].device
+    W, H = int(cams.width[0]), int(cams.height[0])
+    viewmats = torch.linalg.inv(cams.c2w)
+    keys, outs = ("means", "quats", "scales", "opacities"), ("means2d", "conics", "depths", "opacities")
+    results, cot = [], None
+    for fn in (kproject.project_gaussians_triton, project_gaussians):
+        ins = [scene[k].clone().requires_grad_(True) for k in keys]
+        out = fn(*ins, viewmats, cams.K, W, H, mip_filter=mip_filter)
+        if cot is None:
+            valid = (out["depths"] > 0.01).float()  # (C, N)
+            assert (out["radii"] == 0).float().mean() > 0.1
+            cot = {k: torch.randn(out[k].shape, generator=gen).to(dev) for k in outs}
+            for k in ("means2d", "conics", "opacities"):
+                cot[k] = cot[k] * valid.reshape(valid.shape + (1,) * (cot[k].dim() - 2))
+        grads = torch.autograd.grad(sum((out[k] * cot[k]).sum() for k in outs), ins)
+        results.append([out[k].detach() for k in outs] + [out["radii"].float()] + list(grads))
+    names = list(outs) + ["radii"] + ["d_" + k for k in keys]
+    errs = {n: err(a, b) for n, a, b in zip(names, *results)}
+    assert torch.equal(results[0][4], results[1][4]), "radii differ"
+    for n in names:
+        assert errs[n] <= tol["grad" if n.startswith("d_") else "out"], (n, errs)
+    return errs
+
+
+def _wide_scene(N: int, gen: torch.Generator) -> dict:
+    """Gaussians spread over [-5, 5]^3 around cameras at distance ~4: in view, off screen, behind."""
+    return random_scene(N, gen=gen, extent=5.0, scale=(0.05, 0.5))
+
+
 def _hard_scene(N: int, gen: torch.Generator) -> dict:
     """Random splats in front of an opaque core: 4 wide splats of opacity 0.999 near the origin (the cameras
     look at it), so alphas clamp at 0.99 near their centres and the pixels behind them stop early."""
@@ -109,6 +144,27 @@ def _hard_scene(N: int, gen: torch.Generator) -> dict:
 
 
 @interpreter_only(INTERPRETED)
+@pytest.mark.parametrize("mip", [False, True])
+def test_project_parity_interpreted(mip):
+    gen = torch.Generator().manual_seed(5 + mip)
+    check_project(_wide_scene(200, gen), look_at_cameras(3, 40, 30), gen, rel_err, CPU_TOL, mip)
+
+
+@interpreter_only(INTERPRETED)
+def test_project_clamped_jacobian_interpreted():
+    """Only Gaussians beyond 1.15x the half field of view (x / z, y / z outside the clamp, where J's x', y'
+    stop following the mean): their gradients are not swamped by those of Gaussians in view."""
+    gen = torch.Generator().manual_seed(8)
+    scene = random_scene(64, gen=gen, scale=(0.2, 0.6))
+    z = 2 + 2 * torch.rand(64, generator=gen)
+    side = torch.where(torch.rand(64, 2, generator=gen) < 0.5, -1.0, 1.0)
+    scene["means"] = torch.cat([side * z[:, None] * (0.9 + torch.rand(64, 2, generator=gen)), z[:, None]], 1)
+    cams = look_at_cameras(1, 40, 30)
+    cams.c2w[0] = torch.eye(4)
+    check_project(scene, cams, gen, rel_err, CPU_TOL, False)
+
+
+@interpreter_only(INTERPRETED)
 @pytest.mark.parametrize("D", [1, 4, 37])
 def test_stage_parity_interpreted(D):
     gen = torch.Generator().manual_seed(10 + D)
@@ -118,7 +174,8 @@ def test_stage_parity_interpreted(D):
 @interpreter_only(INTERPRETED)
 @pytest.mark.parametrize("F,mip", [(None, False), (1, True), (24, False)])
 def test_pipeline_parity_interpreted(F, mip):
-    assert ops.kernel("splat_rasterize") is ksplat.rasterize_to_pixels_triton  # not a stale compiled one
+    assert ops.kernel("splat_rasterize") is ksplat.rasterize_to_pixels_triton  # not stale compiled ones
+    assert ops.kernel("splat_project") is kproject.project_gaussians_triton
     gen = torch.Generator().manual_seed(20 + (F or 0))
     scene = _hard_scene(10, gen)
     features = None if F is None else torch.randn(10, F, generator=gen)
@@ -153,6 +210,14 @@ def _gpu_scene(N: int, gen: torch.Generator) -> tuple[dict, object]:
     scene = random_scene(N, gen=gen, extent=1.2, scale=(0.004, 0.04))
     scene["opacities"][: N // 10] = 0.995
     return {k: v.cuda() for k, v in scene.items()}, look_at_cameras(2, 256, 256).to("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mip", [False, True])
+def test_project_parity_gpu(mip):
+    gen = torch.Generator().manual_seed(70 + mip)
+    scene = {k: v.cuda() for k, v in _wide_scene(100_000, gen).items()}
+    check_project(scene, look_at_cameras(4, 256, 256).to("cuda"), gen, rel_norm, GPU_TOL, mip)
 
 
 @pytest.mark.gpu

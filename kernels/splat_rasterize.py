@@ -37,7 +37,8 @@ import triton.language as tl
 # Channels per program. Not measured yet: 16 keeps the forward's (256, CB) accumulator and the backward's
 # S buffer within registers with 4 warps (rgb + depth = 4 channels runs one block).
 TUNING = {"channels": 16, "warps": 4}
-ALPHA_MAX, ALPHA_MIN, T_MIN = 0.99, 1.0 / 255.0, 1e-4  # the reference's constants (rasterize.py)
+# The reference's constants (ngraphics/splatting/rasterize.py), as constexpr globals the kernels may read.
+ALPHA_MAX, ALPHA_MIN, T_MIN = tl.constexpr(0.99), tl.constexpr(1.0 / 255.0), tl.constexpr(1e-4)
 
 
 @triton.jit

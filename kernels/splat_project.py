@@ -12,8 +12,8 @@ atomics). 3x3 matrices are tuples of 9 per-lane scalars, row-major; symmetric on
 Backward, per camera, from the cotangents of means2d (gu, gv), conics (gA, gB, gC), depths (gz) and the
 output opacities (go):
 
-    d(a, b, c)   from the conic:  dA = (-c^2, 2bc, -b^2) / det^2,  dB = (bc, -1/det - 2b^2/det, ab) / det^2 ...
-                 (written out below), plus the mip factor sqrt(det0 / det) where on
+    d(a, b, c)   from the conic (A, B, C) = (c, -b, a) / det, det = a c - b^2 (written out below), plus
+                 the mip factor sqrt(det0 / det) where on
     dSigma_c     = J^T G J,  G = [[ga, gb / 2], [gb / 2, gc]]   (b enters once: symmetrised)
     dJ           = 2 G J Sigma_c  → p through fx / z, -fx x' / z^2 (x' clamped: 3DGS's guard)
     dp           += (gu fx / z, gv fy / z, gz - gu fx x / z^2 - gv fy y / z^2),   dmu += R^T dp
@@ -67,7 +67,8 @@ def _sym_mm(s, m):
 @triton.jit
 def _gaussian(means_ptr, quats_ptr, scales_ptr, n, live):
     """mu (3), unit quaternion (4), |q|, s (3), M = Rq diag(s) (9) and Rq (9) of Gaussians n."""
-    mu = (tl.load(means_ptr + n * 3, mask=live, other=0.0), tl.load(means_ptr + n * 3 + 1, mask=live, other=0.0),
+    mu = (tl.load(means_ptr + n * 3, mask=live, other=0.0),
+          tl.load(means_ptr + n * 3 + 1, mask=live, other=0.0),
           tl.load(means_ptr + n * 3 + 2, mask=live, other=0.0))
     w = tl.load(quats_ptr + n * 4, mask=live, other=1.0)
     x = tl.load(quats_ptr + n * 4 + 1, mask=live, other=0.0)
@@ -81,7 +82,8 @@ def _gaussian(means_ptr, quats_ptr, scales_ptr, n, live):
     Rq = (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
           2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
           2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y))
-    M = (Rq[0] * s0, Rq[1] * s1, Rq[2] * s2, Rq[3] * s0, Rq[4] * s1, Rq[5] * s2, Rq[6] * s0, Rq[7] * s1, Rq[8] * s2)
+    M = (Rq[0] * s0, Rq[1] * s1, Rq[2] * s2, Rq[3] * s0, Rq[4] * s1, Rq[5] * s2,
+         Rq[6] * s0, Rq[7] * s1, Rq[8] * s2)
     return mu, (w, x, y, z), qnorm, (s0, s1, s2), M, Rq
 
 
@@ -98,8 +100,8 @@ def _camera(viewmats_ptr, Ks_ptr, c):
 
 @triton.jit
 def _view(mu, M, R, t, fx, fy, cx, cy, W, H, eps2d, near, far):
-    """Per camera: p (3), Mc (9), Sigma_c (6), z_safe, clamped (x', y') and their 'not clamped' flags, J terms,
-    (a0, b, c0), (a, c), det, det0 and valid."""
+    """Per camera: p (3), Mc (9), Sigma_c (6), z_safe, clamped (x', y') and their 'not clamped' flags,
+    J terms, (a0, b, c0), (a, c), det, det0 and valid."""
     p = (R[0] * mu[0] + R[1] * mu[1] + R[2] * mu[2] + t[0], R[3] * mu[0] + R[4] * mu[1] + R[5] * mu[2] + t[1],
          R[6] * mu[0] + R[7] * mu[1] + R[8] * mu[2] + t[2])
     Mc = _mm(R, M)
@@ -161,9 +163,9 @@ def _project_fwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr
 
 
 @triton.jit
-def _project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr, Ks_ptr, g_m2d_ptr, g_con_ptr,
-                        g_dep_ptr, g_opo_ptr, d_means_ptr, d_quats_ptr, d_scales_ptr, d_opac_ptr, N, C, W, H,
-                        eps2d, near, far, MIP: tl.constexpr, BLOCK: tl.constexpr):
+def _project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr, Ks_ptr, g_m2d_ptr,
+                        g_con_ptr, g_dep_ptr, g_opo_ptr, d_means_ptr, d_quats_ptr, d_scales_ptr, d_opac_ptr,
+                        N, C, W, H, eps2d, near, far, MIP: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = n < N
     mu, q, qnorm, s, M, Rq = _gaussian(means_ptr, quats_ptr, scales_ptr, n, live)
@@ -174,8 +176,8 @@ def _project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr
     d_o = zero
     for c in range(0, C):
         R, t, fx, fy, cx, cy = _camera(viewmats_ptr, Ks_ptr, c)
-        p, Mc, S, zs, xc, yc, ux, uy, J, cov, a, cc, det, det0, valid = _view(mu, M, R, t, fx, fy, cx, cy, W, H,
-                                                                             eps2d, near, far)
+        p, Mc, S, zs, xc, yc, ux, uy, J, cov, a, cc, det, det0, valid = _view(mu, M, R, t, fx, fy, cx, cy,
+                                                                             W, H, eps2d, near, far)
         out = c * N + n
         keep = live & valid  # culled: only the depth cotangent reaches them (see the module doc)
         gu = tl.load(g_m2d_ptr + out * 2, mask=keep, other=0.0)
@@ -224,12 +226,14 @@ def _project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr
                + dj02 * (2 * fx * xc * iz2 * iz - fxz * (1 - ux.to(tl.float32)) * xc * iz)
                + dj12 * (2 * fy * yc * iz2 * iz - fyz * (1 - uy.to(tl.float32)) * yc * iz))
         gpz = tl.where(keep, gpz, 0.0) + gz
-        d_mu = (d_mu[0] + R[0] * gpx + R[3] * gpy + R[6] * gpz, d_mu[1] + R[1] * gpx + R[4] * gpy + R[7] * gpz,
+        d_mu = (d_mu[0] + R[0] * gpx + R[3] * gpy + R[6] * gpz,
+                d_mu[1] + R[1] * gpx + R[4] * gpy + R[7] * gpz,
                 d_mu[2] + R[2] * gpx + R[5] * gpy + R[8] * gpz)
         dMc = _sym_mm(dS, Mc)  # dSigma_c Mc; times 2 below
         dMw = _mtm(R, dMc)
-        dM = (dM[0] + 2 * dMw[0], dM[1] + 2 * dMw[1], dM[2] + 2 * dMw[2], dM[3] + 2 * dMw[3], dM[4] + 2 * dMw[4],
-              dM[5] + 2 * dMw[5], dM[6] + 2 * dMw[6], dM[7] + 2 * dMw[7], dM[8] + 2 * dMw[8])
+        dM = (dM[0] + 2 * dMw[0], dM[1] + 2 * dMw[1], dM[2] + 2 * dMw[2],
+              dM[3] + 2 * dMw[3], dM[4] + 2 * dMw[4], dM[5] + 2 * dMw[5],
+              dM[6] + 2 * dMw[6], dM[7] + 2 * dMw[7], dM[8] + 2 * dMw[8])
     # M = Rq diag(s): ds_j = sum_i dM_ij Rq_ij, dRq_ij = dM_ij s_j
     d_s0 = dM[0] * Rq[0] + dM[3] * Rq[3] + dM[6] * Rq[6]
     d_s1 = dM[1] * Rq[1] + dM[4] * Rq[4] + dM[7] * Rq[7]
@@ -256,8 +260,8 @@ def _project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, opac_ptr, viewmats_ptr
 
 
 class ProjectFn(torch.autograd.Function):
-    """(means2d, conics, depths, radii, opacities) from fp32 contiguous means, quats, scales, opacities and the
-    cameras; differentiable w.r.t. the four Gaussian inputs."""
+    """(means2d, conics, depths, radii, opacities) from fp32 contiguous means, quats, scales, opacities and
+    the cameras; differentiable w.r.t. the four Gaussian inputs."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far, mip):
@@ -304,8 +308,8 @@ def project_gaussians_triton(means: torch.Tensor, quats: torch.Tensor, scales: t
                              opacities: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                              height: int, eps2d: float = 0.3, near: float = 0.01, far: float = 1e10,
                              mip_filter: bool = False) -> dict:
-    """EWA-project N Gaussians into C cameras: `ngraphics.splatting.project.project_gaussians` on the GPU (same
-    arguments and outputs, fp32). Not differentiable w.r.t. viewmats and Ks (the reference is)."""
+    """EWA-project N Gaussians into C cameras: `ngraphics.splatting.project.project_gaussians` on the GPU
+    (same arguments and outputs, fp32). Not differentiable w.r.t. viewmats and Ks (the reference is)."""
     N, C = means.shape[0], viewmats.shape[0]
     if means.shape != (N, 3) or quats.shape != (N, 4) or scales.shape != (N, 3) or opacities.shape != (N,) \
             or viewmats.shape != (C, 4, 4) or Ks.shape != (C, 3, 3):

@@ -120,7 +120,8 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
     start = tl.load(offsets_ptr + t)
     T_final = tl.load(T_ptr + pix, mask=inside, other=1.0)
     last = tl.load(last_ptr + pix, mask=inside, other=0)
-    g_out = tl.load(g_out_ptr + pix[:, None] * D + ch[None, :], mask=inside[:, None] & ch_ok[None, :], other=0.0)
+    pix_ch = pix[:, None] * D + ch[None, :]
+    g_out = tl.load(g_out_ptr + pix_ch, mask=inside[:, None] & ch_ok[None, :], other=0.0)
     g_alpha = tl.load(g_alpha_ptr + pix, mask=inside, other=0.0)
     g_alpha = tl.where(cb == 0, g_alpha, 0.0)  # block 0 owns the alpha term
     T = T_final
@@ -136,7 +137,8 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
         col = tl.load(col_ptr + g * D + ch, mask=ch_ok, other=0.0)  # (CB,)
         d_col = tl.sum(w[:, None] * g_out, axis=0)  # (CB,)
         tl.atomic_add(d_col_ptr + g * D + ch, d_col, mask=ch_ok)
-        d_alpha = tl.sum(g_out * (T[:, None] * col[None, :] - S * ra[:, None]), axis=1) + g_alpha * T_final * ra
+        d_alpha = tl.sum(g_out * (T[:, None] * col[None, :] - S * ra[:, None]), axis=1)
+        d_alpha += g_alpha * T_final * ra
         d_alpha = tl.where(use & (raw <= ALPHA_MAX), d_alpha, 0.0)
         d_sigma = -d_alpha * alpha
         tl.atomic_add(d_opa_ptr + g, tl.sum(d_alpha * tl.exp(-sigma), axis=0))
@@ -165,8 +167,8 @@ class RasterizeFn(torch.autograd.Function):
         cb = min(TUNING["channels"], triton.next_power_of_2(D))
         grid = (C * tiles_x * tiles_y, triton.cdiv(D, cb))
         if C * height * width:
-            _rasterize_fwd_kernel[grid](means2d, conics, colors, opacities, flatten_ids, offsets, image, alpha,
-                                        T, last, width, height, tiles_x, tiles_x * tiles_y, D,
+            _rasterize_fwd_kernel[grid](means2d, conics, colors, opacities, flatten_ids, offsets, image,
+                                        alpha, T, last, width, height, tiles_x, tiles_x * tiles_y, D,
                                         TILE=tile_size, CB=cb, num_warps=TUNING["warps"])
         ctx.save_for_backward(means2d, conics, colors, opacities, flatten_ids, offsets, T, last)
         ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb)
@@ -192,7 +194,8 @@ class RasterizeFn(torch.autograd.Function):
 
 def rasterize_to_pixels_triton(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
                                opacities: torch.Tensor, width: int, height: int, tile_size: int,
-                               flatten_ids: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                               flatten_ids: torch.Tensor, offsets: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend depth-sorted Gaussians front to back: `ngraphics.splatting.rasterize.rasterize_to_pixels` on the
     GPU (same arguments; computes in fp32 and returns colours' dtype).
 
@@ -208,14 +211,14 @@ def rasterize_to_pixels_triton(means2d: torch.Tensor, conics: torch.Tensor, colo
     """
     C, N, D = colors.shape
     if means2d.shape != (C, N, 2) or conics.shape != (C, N, 3) or opacities.shape != (C, N):
-        raise ValueError(f"rasterize_to_pixels_triton: expected means2d (C, N, 2), conics (C, N, 3), opacities "
-                         f"(C, N) for colors {tuple(colors.shape)}, got {tuple(means2d.shape)}, "
+        raise ValueError(f"rasterize_to_pixels_triton: expected means2d (C, N, 2), conics (C, N, 3), "
+                         f"opacities (C, N) for colors {tuple(colors.shape)}, got {tuple(means2d.shape)}, "
                          f"{tuple(conics.shape)}, {tuple(opacities.shape)}")
     if tile_size & (tile_size - 1):
         raise ValueError(f"rasterize_to_pixels_triton: tile_size must be a power of two, got {tile_size}")
     image, alpha = RasterizeFn.apply(means2d.float().contiguous(), conics.float().contiguous(),
-                                     colors.float().contiguous(), opacities.float().contiguous(), width, height,
-                                     tile_size, flatten_ids.to(torch.int64).contiguous(),
+                                     colors.float().contiguous(), opacities.float().contiguous(), width,
+                                     height, tile_size, flatten_ids.to(torch.int64).contiguous(),
                                      offsets.to(torch.int64).contiguous())
     return image.to(colors.dtype), alpha.to(colors.dtype)
 

@@ -22,7 +22,8 @@ from conftest import need_data
 from ngraphics.cameras import Cameras
 from ngraphics.encodings.spherical_harmonics import spherical_harmonics_encode
 from ngraphics.errors import ConfigError
-from ngraphics.splatting import TILE_SIZE, intersect_tiles, project_gaussians, rasterization, rasterize_to_pixels
+from ngraphics.splatting import (TILE_SIZE, intersect_tiles, project_gaussians, rasterization,
+                                 rasterize_to_pixels)
 from ngraphics.splatting.sh import sh_bases, sh_to_color
 
 
@@ -158,8 +159,8 @@ def _facing_camera(var_px: float, opacity: float, z: float = 3.0, f: float = 50.
     cams = Cameras(torch.eye(4)[None], torch.tensor([[[f, 0, 20.5], [0, f, 16.5], [0, 0, 1]]]),
                    torch.tensor([41]), torch.tensor([33]))
     out = rasterization(torch.tensor([[0.0, 0.0, z]]), torch.tensor([[0.3, -0.2, 0.5, 0.7]]),
-                        torch.full((1, 3), s), torch.tensor([opacity]), torch.tensor([[1.0, 0.5, 0.25]]), cams,
-                        mip_filter=mip, backend="torch")
+                        torch.full((1, 3), s), torch.tensor([opacity]), torch.tensor([[1.0, 0.5, 0.25]]),
+                        cams, mip_filter=mip, backend="torch")
     return out
 
 
@@ -259,7 +260,8 @@ def test_culling_behind_and_off_screen():
                    torch.tensor([16]), torch.tensor([16]))
     out = rasterization(**scene, cameras=cams, backend="torch")
     assert out["radii"][0].tolist()[0] == 0 and out["radii"][0, 1] > 0 and out["radii"][0, 2] == 0
-    isect = intersect_tiles(means2d, torch.tensor([[3, 0, 0]], dtype=torch.int32), torch.ones(1, 3), 16, 16, 16)
+    radii = torch.tensor([[3, 0, 0]], dtype=torch.int32)
+    isect = intersect_tiles(means2d, radii, torch.ones(1, 3), 16, 16, 16)
     assert isect["flatten_ids"].tolist() == [0] and isect["offsets"].tolist() == [0, 1]
 
 
@@ -275,9 +277,10 @@ def test_tiles_sorted_by_depth_within_each_tile():
     for t in range(C * tx * ty):  # brute force: every Gaussian whose box reaches the tile, depth order
         c, rest = divmod(t, tx * ty)
         y, x = divmod(rest, tx)
+        lo = torch.floor((means2d[c] - radii[c, :, None]) / 16)  # (N, 2)
+        hi = torch.ceil((means2d[c] + radii[c, :, None]) / 16)
         want = [c * N + n for n in range(N) if radii[c, n] > 0
-                and math.floor((means2d[c, n, 0] - radii[c, n]) / 16) <= x < math.ceil((means2d[c, n, 0] + radii[c, n]) / 16)
-                and math.floor((means2d[c, n, 1] - radii[c, n]) / 16) <= y < math.ceil((means2d[c, n, 1] + radii[c, n]) / 16)]
+                and lo[n, 0] <= x < hi[n, 0] and lo[n, 1] <= y < hi[n, 1]]
         want.sort(key=lambda g: depths.view(-1)[g].item())
         assert ids[offsets[t]:offsets[t + 1]].tolist() == want
 
@@ -312,8 +315,8 @@ def test_rasterize_stage_gradients_reach_every_input():
     isect = intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], 16, 24, 24)
     inputs = [proj[k].detach().requires_grad_(True) for k in ("means2d", "conics", "opacities")]
     colors = scene["colors"][None].clone().requires_grad_(True)
-    img, alpha = rasterize_to_pixels(inputs[0], inputs[1], colors, inputs[2], 24, 24, 16, isect["flatten_ids"],
-                                     isect["offsets"])
+    img, alpha = rasterize_to_pixels(inputs[0], inputs[1], colors, inputs[2], 24, 24, 16,
+                                     isect["flatten_ids"], isect["offsets"])
     grads = torch.autograd.grad((img * torch.randn_like(img)).sum() + alpha.sum(), inputs + [colors])
     visible = proj["radii"][0] > 0
     for g in grads:

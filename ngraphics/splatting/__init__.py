@@ -40,8 +40,8 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
         sh_degree: SH bands to use (0..3) when `colors` holds SH coefficients. Default None (plain colours).
         backgrounds: colour behind the Gaussians, rgb += (1 - alpha) background. (C, D) or (D,). Default None
             (black). Features and depth get no background.
-        mip_filter: Mip-Splatting's 2D filter: opacities times sqrt(det Sigma2d / det(Sigma2d + 0.3 I)), so the
-            low-pass keeps each splat's integral. Default False (3DGS's plain dilation).
+        mip_filter: Mip-Splatting's 2D filter: opacities times sqrt(det Sigma2d / det(Sigma2d + 0.3 I)), so
+            the low-pass keeps each splat's integral. Default False (3DGS's plain dilation).
         near_plane: Gaussians with camera depth below this are culled, world units. Default 0.01.
         backend: "auto" | "torch" | "triton" for the projection and blending stages (see `ngraphics.ops`).
             Default "auto".
@@ -92,13 +92,13 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     D = values.shape[2]
     parts = [values]
     if features is not None:
-        assert features.dim() == 2 and features.shape[0] == N, f"features must be (N, F), got {features.shape}"
+        assert features.dim() == 2 and features.shape[0] == N, f"features must be (N, F), not {features.shape}"
         parts.append(features[None].expand(C, *features.shape))
     parts.append(proj["depths"][..., None])  # (C, N, 1)
     channels = torch.cat(parts, dim=2)  # (C, N, D + F + 1): every channel blends the same way
     isect = intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], TILE_SIZE, width, height)
-    image, alpha = raster(proj["means2d"], proj["conics"], channels, proj["opacities"], width, height, TILE_SIZE,
-                          isect["flatten_ids"], isect["offsets"])  # (C, H, W, D + F + 1), (C, H, W, 1)
+    image, alpha = raster(proj["means2d"], proj["conics"], channels, proj["opacities"], width, height,
+                          TILE_SIZE, isect["flatten_ids"], isect["offsets"])  # (C, H, W, D+F+1), (C, H, W, 1)
     rgb = image[..., :D]
     if backgrounds is not None:
         rgb = rgb + (1.0 - alpha) * backgrounds.reshape(-1, 1, 1, D)

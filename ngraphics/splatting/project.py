@@ -42,7 +42,8 @@ def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tens
     w, x, y, z = (quats / quats.norm(dim=-1, keepdim=True)).unbind(-1)  # (N,) each
     R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
                      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1).view(-1, 3, 3)
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1)
+    R = R.view(-1, 3, 3)  # (N, 3, 3)
     M = R * scales[:, None, :]  # (N, 3, 3): R S
     return M @ M.transpose(1, 2)  # (N, 3, 3)
 
@@ -83,8 +84,8 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
     x, y, z = p_c.unbind(-1)  # (C, N) each
     z_safe = torch.where((z > near) & (z < far), z, torch.ones_like(z))  # culled ones stay finite
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy  # (C, 1)
-    xc = z_safe * torch.clamp(x / z_safe, -(cx / fx + 0.3 * tan_x), (width - cx) / fx + 0.3 * tan_x)  # (C, N)
-    yc = z_safe * torch.clamp(y / z_safe, -(cy / fy + 0.3 * tan_y), (height - cy) / fy + 0.3 * tan_y)  # (C, N)
+    xc = z_safe * torch.clamp(x / z_safe, -(cx / fx + 0.3 * tan_x), (width - cx) / fx + 0.3 * tan_x)  # (C,N)
+    yc = z_safe * torch.clamp(y / z_safe, -(cy / fy + 0.3 * tan_y), (height - cy) / fy + 0.3 * tan_y)  # (C,N)
     zero = torch.zeros_like(z_safe)
     J = torch.stack([fx / z_safe, zero, -fx * xc / z_safe**2,
                      zero, fy / z_safe, -fy * yc / z_safe**2], dim=-1).view(C, N, 2, 3)  # (C, N, 2, 3)

@@ -33,7 +33,8 @@ CHUNK = 256  # Gaussians per (pixels, Gaussians) block; tiles stop early once al
 
 def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
                         opacities: torch.Tensor, width: int, height: int, tile_size: int,
-                        flatten_ids: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        flatten_ids: torch.Tensor, offsets: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend depth-sorted Gaussians front to back into C images of D channels (see the module doc).
 
     Args:

@@ -31,8 +31,8 @@ def intersect_tiles(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Te
     Returns: dict
         flatten_ids: the Gaussian (index into C * N, camera-major) of each intersection, sorted by tile then
             depth. (M,) int64
-        offsets: tile t = c * tiles_y * tiles_x + ty * tiles_x + tx owns flatten_ids[offsets[t]:offsets[t + 1]].
-            (C * tiles_y * tiles_x + 1,) int64
+        offsets: tile t = c * tiles_y * tiles_x + ty * tiles_x + tx owns
+            flatten_ids[offsets[t]:offsets[t + 1]]. (C * tiles_y * tiles_x + 1,) int64
         tiles_x, tiles_y: the tile grid. int
     """
     C, N = radii.shape

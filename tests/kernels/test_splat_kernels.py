@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from test_splatting import load_garden, look_at_cameras, random_scene  # noqa: E402
 
 from ngraphics import ops  # noqa: E402
-from ngraphics.splatting import intersect_tiles, project_gaussians, rasterization, rasterize_to_pixels  # noqa: E402
+from ngraphics.splatting import (  # noqa: E402
+    intersect_tiles, project_gaussians, rasterization, rasterize_to_pixels)
 
 (ksplat, kproject), INTERPRETED = interpreted_kernels("splat_rasterize", "splat_project")
 CPU_TOL = {"out": 1e-5, "grad": 1e-4}
@@ -62,7 +63,8 @@ def check_stage(scene: dict, cams, D: int, gen: torch.Generator, err, tol: dict)
         ins = [x.clone().requires_grad_(True) for x in inputs]
         img, alpha = fn(*ins, W, H, 16, isect["flatten_ids"], isect["offsets"])
         if cot is None:
-            cot = (torch.randn(img.shape, generator=gen).to(dev), torch.randn(alpha.shape, generator=gen).to(dev))
+            cot = (torch.randn(img.shape, generator=gen).to(dev),
+                   torch.randn(alpha.shape, generator=gen).to(dev))
         grads = torch.autograd.grad((img * cot[0]).sum() + (alpha * cot[1]).sum(), ins)
         results.append((img.detach(), alpha.detach()) + grads)
     names = ("image", "alpha", "d_means2d", "d_conics", "d_colors", "d_opacities")
@@ -117,10 +119,13 @@ def check_project(scene: dict, cams, gen: torch.Generator, err, tol: dict, mip_f
             for k in ("means2d", "conics", "opacities"):
                 cot[k] = cot[k] * valid.reshape(valid.shape + (1,) * (cot[k].dim() - 2))
         grads = torch.autograd.grad(sum((out[k] * cot[k]).sum() for k in outs), ins)
-        results.append([out[k].detach() for k in outs] + [out["radii"].float()] + list(grads))
-    names = list(outs) + ["radii"] + ["d_" + k for k in keys]
+        results.append([out[k].detach() for k in outs] + list(grads) + [out["radii"]])
+    names = list(outs) + ["d_" + k for k in keys]
     errs = {n: err(a, b) for n, a, b in zip(names, *results)}
-    assert torch.equal(results[0][4], results[1][4]), "radii differ"
+    # radii = ceil(3 sqrt(lambda)) in fp32 on both sides, summed in different orders: one may land across an
+    # integer (or the image edge) about once per 1e6 Gaussians; more than that is a bug
+    errs["radii_mismatch"] = (results[0][-1] != results[1][-1]).float().mean().item()
+    assert errs["radii_mismatch"] <= 1e-4, errs
     for n in names:
         assert errs[n] <= tol["grad" if n.startswith("d_") else "out"], (n, errs)
     return errs
@@ -181,7 +186,8 @@ def test_pipeline_parity_interpreted(F, mip):
     gen = torch.Generator().manual_seed(20 + (F or 0))
     scene = _hard_scene(10, gen)
     features = None if F is None else torch.randn(10, F, generator=gen)
-    check_pipeline(scene, look_at_cameras(2, 17, 16), gen, rel_err, CPU_TOL, features=features, mip_filter=mip)
+    cams = look_at_cameras(2, 17, 16)
+    check_pipeline(scene, cams, gen, rel_err, CPU_TOL, features=features, mip_filter=mip)
 
 
 @interpreter_only(INTERPRETED)
@@ -244,8 +250,8 @@ def test_kernels_compile_for_sm90():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import need_data
 
+from ngraphics import ops
 from ngraphics.cameras import Cameras
 from ngraphics.encodings.spherical_harmonics import spherical_harmonics_encode
 from ngraphics.errors import ConfigError
@@ -250,6 +251,22 @@ def test_background_and_mismatched_cameras():
     cams.width[1] = 17
     with pytest.raises(ConfigError, match="one image size"):
         rasterization(**scene, cameras=cams, backend="torch")
+
+
+def test_backend_dispatch_on_cpu():
+    """auto runs the references on CPU tensors; a forced triton backend that cannot run is one ConfigError
+    naming the op (skipped where the kernels can run on CPU: TRITON_INTERPRET=1 set by kernel tests)."""
+    scene = random_scene(8)
+    cams = look_at_cameras(1, 16, 16)
+    auto = rasterization(**scene, cameras=cams, backend="auto")
+    torch.testing.assert_close(auto["rgb"], rasterization(**scene, cameras=cams, backend="torch")["rgb"],
+                               rtol=0, atol=0)
+    if ops.unavailable_reason("splat_project", "cpu") is None:
+        pytest.skip("the splat kernels can run on CPU tensors here (Triton interpreter)")
+    with pytest.raises(ConfigError, match="splat_project: backend 'triton' cannot run here"):
+        rasterization(**scene, cameras=cams, backend="triton")
+    with pytest.raises(ConfigError, match="backend"):
+        rasterization(**scene, cameras=cams, backend="cuda")
 
 
 def test_culling_behind_and_off_screen():

@@ -251,6 +251,10 @@ def test_background_and_mismatched_cameras():
     cams.width[1] = 17
     with pytest.raises(ConfigError, match="one image size"):
         rasterization(**scene, cameras=cams, backend="torch")
+    cams.width[1] = 16
+    cams.distortion[0, 0] = 0.1
+    with pytest.raises(ConfigError, match="distortion"):
+        rasterization(**scene, cameras=cams, backend="torch")
 
 
 def test_backend_dispatch_on_cpu():

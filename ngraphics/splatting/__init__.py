@@ -73,6 +73,9 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     if not (bool((cameras.width == width).all()) and bool((cameras.height == height).all())):
         raise ConfigError(f"rasterization: cameras must share one image size, got widths "
                           f"{cameras.width.tolist()} and heights {cameras.height.tolist()}; render them apart")
+    if bool((cameras.distortion != 0).any()):
+        raise ConfigError("rasterization: cameras have lens distortion; splats are projected with pinhole "
+                          "cameras only: undistort the images first (distortion zeros)")
     c2w = cameras.c2w.to(means)
     viewmats = torch.linalg.inv(c2w)  # (C, 4, 4): world to camera
     project, raster = project_gaussians, rasterize_to_pixels

@@ -66,6 +66,10 @@ OPS: dict[str, Op] = {
     "march": Op("ngraphics.rendering.marching:march_torch", "ngraphics.kernels.marching:march_triton"),
     "composite": Op("ngraphics.rendering.compositing:composite_torch",
                     "ngraphics.kernels.compositing:composite_triton"),
+    "splat_project": Op("ngraphics.splatting.project:project_gaussians",
+                        "ngraphics.kernels.splat_project:project_gaussians_triton"),
+    "splat_rasterize": Op("ngraphics.splatting.rasterize:rasterize_to_pixels",
+                          "ngraphics.kernels.splat_rasterize:rasterize_to_pixels_triton"),
 }
 
 _decisions: dict[str, tuple[str, str]] = {}

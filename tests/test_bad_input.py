@@ -282,9 +282,10 @@ def test_config_values_name_the_key(tmp_path, capfd):
 def test_fox_missing_frames_warn_once_without_source_lines(tmp_path, capfd):
     src = need_data("ngp", "fox")
     meta = json.loads((src / "transforms.json").read_text())
-    meta["frames"] = meta["frames"][:9]
+    present = [f for f in meta["frames"] if (src / f["file_path"]).is_file()][:8]
+    meta["frames"] = present + [{**present[0], "file_path": "images/missing.jpg"}]  # listed, but no file
     (tmp_path / "fox" / "images").mkdir(parents=True)
-    for frame in meta["frames"][:8]:  # the ninth is listed but missing
+    for frame in present:
         shutil.copy(src / frame["file_path"], tmp_path / "fox" / frame["file_path"])
     (tmp_path / "fox" / "transforms.json").write_text(json.dumps(meta))
     from ngraphics.cli import plain_warnings

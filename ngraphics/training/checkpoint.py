@@ -40,7 +40,12 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     torch.save(state, buffer)
     payload = buffer.getbuffer()
     header = _MAGIC + f"sha256={hashlib.sha256(payload).hexdigest()} size={len(payload)}\n".encode()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp:
+        _write(tmp, header, payload)
+
+
+def _write(path: Path, header: bytes, payload: memoryview) -> None:
+    with open(path, "wb") as f:
         f.write(header)
         f.write(payload)
 

@@ -366,3 +366,44 @@ def test_imageio_ffmpeg_is_a_dependency():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert any(dep.startswith("imageio-ffmpeg") for dep in project["dependencies"])
+
+
+# --- nothing lost ------------------------------------------------------------------------------------------------
+
+
+def test_a_sigkill_loses_at_most_save_every_s(tmp_path, capfd):
+    """A real `kill -9` mid-run: checkpoints came by training time (save_every: 0), and the resume continues
+    from the last one with each step in metrics.jsonl once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "ngraphics.cli", "train", "--runs-dir", str(runs), "--name", "k", "--quiet"]
+    for item in TINY + ["trainer.steps=100000", "trainer.save_every=0", "trainer.save_every_s=0.5"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = runs / "k" / "checkpoints"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(checkpoints.glob("step_*.pt"))) < 2:
+            assert proc.poll() is None, "training ended before it was killed"
+            time.sleep(0.2)
+        assert len(list(checkpoints.glob("step_*.pt"))) >= 2, "no checkpoint by training time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    newest = sorted(checkpoints.glob("step_*.pt"))[-1]
+    state = ckpt.load_checkpoint(newest)
+    step = state["step"]
+    from ngraphics.training.run_folder import RunFolder
+
+    records = RunFolder(runs / "k").read_metrics()  # a torn last line (killed mid-write) is skipped
+    lost = max(r.get("time", 0) for r in records) - state["elapsed"]
+    assert lost < 0.5 + 10.0  # save_every_s plus the step in flight (generous: a shared, loaded machine)
+    code, lines = _cli(capfd, "train", "--resume", str(runs / "k"), "--set", f"trainer.steps={step + 2}", "--quiet")
+    assert code == 0, lines
+    steps = [r["step"] for r in map(json.loads, (runs / "k" / "metrics.jsonl").read_text().splitlines())
+             if r.get("split") == "train"]
+    assert steps == list(range(1, step + 3))

@@ -79,9 +79,9 @@ def header_size(path: str | Path, where: str | None = None) -> tuple[int, int]:
                 Image.MAX_IMAGE_PIXELS = pixels
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001  PIL and OpenEXR raise many types for corrupt headers
-        detail = str(e).splitlines()[0][:120] if str(e) else ""
-        raise DataError(f"{name}: not a readable image ({type(e).__name__}{': ' + detail if detail else ''})") from None
+    except Exception:  # noqa: BLE001  PIL and OpenEXR raise many types for corrupt headers
+        kind = suffix[1:].upper() or "supported image"
+        raise DataError(f"{name}: cannot decode image header (corrupt or not a {kind} file)") from None
 
 
 def _radiance_size(path: Path) -> tuple[int, int]:

@@ -85,9 +85,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A tiny finished run of the procedural scene (4 steps, checkpoints at steps 2 and 4)."""
+    """A tiny finished run of the procedural scene (4 steps, checkpoints at steps 2 and 4), trained with every
+    encoding and network checked for NaN/inf (`--check-finite`, which must not disturb training)."""
     runs = tmp_path_factory.mktemp("runs")
-    args = ["train", "--runs-dir", str(runs), "--name", "tiny", "--quiet"]
+    args = ["train", "--runs-dir", str(runs), "--name", "tiny", "--quiet", "--check-finite"]
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0
@@ -353,7 +354,8 @@ def test_gpu_sized_configs_say_so_and_warn_on_cpu(tmp_path, capfd):
         text = (configs_root() / "nerf" / f"{name}.yaml").read_text()
         assert text.startswith("# GPU-sized") and "cpu_recipe:" in text
     data = _lego(tmp_path / "lego")
-    code, lines = _cli(capfd, "train", "nerf/lego", "--data", str(data), *_lego_args(tmp_path / "runs"))
+    code, lines = _cli(capfd, "train", "nerf/lego", "--data", str(data), *_lego_args(tmp_path / "runs"),
+                       "--set", "trainer.device=cpu")
     assert code == 0, lines
     warning = [line for line in lines if "sized for a CUDA GPU" in line]
     assert len(warning) == 1 and "--set data.options.max_frames=25" in warning[0]

@@ -194,7 +194,7 @@ def anchor_data_path(config: RunConfig, run_path: str | Path) -> RunConfig:
     A relative `data.path` is taken from the current directory. When the absolute path is gone but
     `path_from_run` leads to something from the run folder, that is used: a run folder moved together with its
     data still finds it."""
-    if config.data.path is None:
+    if config.data.path is None or config.data.path == "procedural":  # the built-in scene has no files
         return config
     path = Path(config.data.path).expanduser()
     if not path.is_absolute():

@@ -194,8 +194,9 @@ class CheckpointFolder:
                 continue
             if damaged:
                 skipped = ", ".join(Path(str(e).split(": ")[0]).name for e in damaged)
-                report(f"warning: skipping damaged checkpoint {skipped} ({str(damaged[0]).split(': ', 1)[1]}); "
-                       f"using {path}")
+                why = str(damaged[0]).split(": ", 1)[-1]
+                why = why[len("damaged checkpoint ("):-1] if why.startswith("damaged checkpoint (") else why
+                report(f"warning: skipping damaged checkpoint {skipped} ({why}); using {path}")
             return path, state
         if damaged:
             more = f" (and {len(damaged) - 1} older, also damaged)" if len(damaged) > 1 else ""

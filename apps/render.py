@@ -3,8 +3,8 @@
     ngraphics render runs/nerf-default-20261124-101500 --path orbit --frames 120
     ngraphics render my-run --path orbit --format png --scale 0.5
 
-MP4 needs imageio-ffmpeg (`pip install imageio-ffmpeg`); without it the frames are written as PNGs and the
-command says so. Output goes to RUN/video/<path>.mp4 or RUN/video/<path>/frame_0000.png.
+MP4 goes through imageio-ffmpeg (a dependency of ngraphics, with its own ffmpeg binary); should it be missing,
+the frames are written as PNGs and the command says so. Output goes to RUN/video/<path>.mp4 or RUN/video/<path>/frame_0000.png.
 """
 
 from __future__ import annotations

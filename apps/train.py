@@ -5,10 +5,12 @@
     ngraphics train configs/nerf/fox.yaml --data path/to/fox --set trainer.time_budget_s=60
     ngraphics train --resume runs/nerf-lego-20261124-101500 --set trainer.steps=40000
 
-CONFIG is a YAML file or a bundled name (nerf/default, nerf/lego, nerf/fox, nerf/colmap). `--set key=value`
+CONFIG is a YAML file or a bundled name (nerf/default, nerf/lego, nerf/fox, nerf/colmap); lego, fox and colmap
+are sized for a CUDA GPU: started on a CPU they print the `--set` flags that make them CPU-sized. `--set key=value`
 overrides any key (`trainer.steps=2000`, `model.field.encoding.n_levels=8`). The run folder
 runs/<name>/ gets config.yaml, metrics.jsonl, checkpoints/ and renders/. Ctrl-C saves a checkpoint;
-`--resume RUN` continues from the newest one.
+`--resume RUN` continues from the newest one that verifies. `--check-finite` stops at the first NaN/inf entering
+or leaving an encoding or network and names it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="run folder name (default: <method>-<config>-<date>-<time>)")
     parser.add_argument("--runs-dir", default="runs", metavar="DIR", help="where run folders go (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--check-finite", action="store_true",
+                        help="name the first encoding or network whose input or output has NaN/inf (slower)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ngraphics.training.trainer import Trainer
 
     overrides = list(args.overrides) + (["trainer.progress=false"] if args.quiet else [])
+    overrides += ["trainer.check_finite=true"] if args.check_finite else []
     if args.resume:
         if args.config:
             raise ConfigError("--resume takes the config from the run folder; drop CONFIG (use --set to change keys)")
@@ -60,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
                               "or choose another --name")
         trainer = Trainer(config, run_folder)
     run_folder.checkpoints.keep = config.trainer.keep_checkpoints
+    missing = [item for item in config.cpu_recipe if not _holds(config.to_dict(), item)]
+    if missing and trainer.device.type == "cpu":  # after loading: a mistake in the data still gets one line
+        flags = " ".join(f"--set {item}" for item in missing)
+        print(f"warning: {path} is sized for a CUDA GPU and would take hours on this CPU; CPU-sized: {flags}",
+              file=sys.stderr)
     result = trainer.train()
     if result.get("interrupted"):
         return 130
@@ -70,3 +80,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder: {run_folder.path}  (ngraphics eval {run_folder.path}; ngraphics render {run_folder.path} "
           "--path orbit)", file=sys.stderr)
     return 0
+
+
+def _holds(config: dict, override: str) -> bool:
+    """Does the resolved config already have the value `key=value` sets?"""
+    from ngraphics.config import parse_override
+
+    keys, value = parse_override(override)
+    node = config
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return node == value

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import logging
 import sys
+import warnings
 
 from ngraphics.errors import NgraphicsError
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with log_to_stderr():
+        with log_to_stderr(), plain_warnings():
             return int(args._app.run(args) or 0)
     except NgraphicsError as err:
         print(f"ngraphics {args.verb}: error: {err}", file=sys.stderr)
@@ -91,6 +92,33 @@ def log_to_stderr(level: int = logging.INFO):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def plain_warnings():
+    """For the length of the block, each distinct warning is printed once to stderr as `warning: <message>`
+    (no category, no source line), through `tqdm.write` so it never lands inside a progress bar."""
+    seen: set[str] = set()
+    stream = sys.stderr
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        if text in seen:
+            return
+        seen.add(text)
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {text}", file=stream)
+        except Exception:  # noqa: BLE001 - a warning must never end the run
+            print(f"warning: {text}", file=stream)
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ def load_blender(
             raise DataError(f"{json_path}: none of its {len(missing)} frames has an image file")
         frames += split_frames
     frames = subsample(frames, max_frames, frame_stride)
+    for f in frames[1:]:  # one camera_angle_x per split: images of another size would get wrong intrinsics
+        if f.size != frames[0].size:
+            raise DataError(f"{f.path}: image is {f.size[0]}x{f.size[1]} but {frames[0].path.name} is "
+                            f"{frames[0].size[0]}x{frames[0].size[1]} (a Blender split has one camera, one size)")
 
     images, sizes = load_frames_images(frames, downscale, cache, f"{root.name} {split}")
     gl_to_cv = OPENGL_TO_OPENCV.numpy().astype("float64")

@@ -19,28 +19,10 @@ from ngraphics.io import images as _io
 from ngraphics.io.images import IMAGE_SUFFIXES, downscaled_size, resize_area  # re-exported for the loaders
 
 
-def _where(path: Path, where: str | None) -> str:
-    return f"{path} ({where})" if where else str(path)
-
-
 def image_size(path: str | Path, where: str | None = None) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header without decoding the pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{_where(path, where)}: image file not found")
-    try:
-        if path.suffix.lower() == ".exr":
-            import OpenEXR
-
-            with OpenEXR.File(str(path), header_only=True) as f:
-                lo, hi = f.header()["dataWindow"]
-            return int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except Exception as e:  # noqa: BLE001  PIL and OpenEXR raise many types for corrupt headers
-        raise DataError(f"{_where(path, where)}: not a readable image ({type(e).__name__}: {e})") from None
+    """(width, height) of an image file, read from its header without decoding the pixels; DataError naming the
+    file when it is missing, unreadable, or over `ngraphics.io.images.MAX_IMAGE_PIXELS`."""
+    return _io.check_pixel_limit(path, where)
 
 
 def read_image(path: str | Path, where: str | None = None) -> np.ndarray:

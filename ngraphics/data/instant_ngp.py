@@ -133,6 +133,9 @@ def parse_transforms(json_path: Path, data: dict) -> tuple[list[TransformsFrame]
     if not isinstance(frames, list):
         raise DataError(f"{json_path}: expected a 'frames' list, got {type(frames).__name__}")
     top = {k: v for k, v in data.items() if k != "frames"}
+    for key in ("w", "h", "cx", "cy", "fl_x", "fl_y", "camera_angle_x", "camera_angle_y", "x_fov", "y_fov",
+                *LENS_KEYS):
+        number(top, key, str(json_path))  # a bad top-level key names the file, not the first frame
     out, missing = [], []
     for j, frame in enumerate(frames):
         where = f"{json_path} frame {j}"
@@ -187,9 +190,11 @@ def load_frames_images(frames: list[TransformsFrame], downscale: float, cache: b
         for f, size in zip(frames, sizes)
     ]
     arrays, _ = load_images(jobs, cache=cache, desc=desc)
-    channels = {a.shape[2] for a in arrays}
-    if len(channels) > 1:
-        raise DataError(f"{desc}: images mix RGB and RGBA ({sorted(channels)} channels); convert them to one")
+    kinds = {3: "RGB (or grey)", 4: "RGBA (or grey + alpha)"}
+    for f, a in zip(frames[1:], arrays[1:]):
+        if a.shape[2] != arrays[0].shape[2]:
+            raise DataError(f"{f.path}: image is {kinds[a.shape[2]]} but {frames[0].path.name} is "
+                            f"{kinds[arrays[0].shape[2]]}; a split's images must all have alpha or none")
     return [to_tensor(a) for a in arrays], sizes
 
 

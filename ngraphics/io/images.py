@@ -15,6 +15,8 @@ never leaves a half-written file. A missing or unreadable file raises `DataError
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,85 @@ from ngraphics.io.atomic import atomic_path
 LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 HDR_SUFFIXES = (".exr", ".hdr")
 IMAGE_SUFFIXES = LDR_SUFFIXES + HDR_SUFFIXES
+
+# The largest image any reader decodes: 2^28 pixels (16384 x 16384), whose RGBA float32 copy takes 4 GiB. The
+# size is read from the file's header first, so a small file that claims a huge size (a "decompression bomb")
+# is refused before any memory is spent. The environment variable NGRAPHICS_MAX_IMAGE_PIXELS raises it.
+MAX_IMAGE_PIXELS = 1 << 28
+
+
+def max_image_pixels() -> int:
+    """`MAX_IMAGE_PIXELS`, or the environment's NGRAPHICS_MAX_IMAGE_PIXELS when set (a positive integer)."""
+    value = os.environ.get("NGRAPHICS_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise DataError(f"NGRAPHICS_MAX_IMAGE_PIXELS: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def header_size(path: str | Path, where: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels.
+
+    PIL's lazy open for PNG, JPEG, BMP, TIFF, WebP, PPM/PGM; the OpenEXR header; the Radiance header's
+    resolution line. Raises DataError naming the file when it is missing or its header is unreadable."""
+    path = Path(path)
+    name = f"{path} ({where})" if where else str(path)
+    if not path.is_file():
+        raise DataError(f"{name}: image file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".exr":
+            import OpenEXR
+
+            with OpenEXR.File(str(path), header_only=True) as f:
+                lo, hi = f.header()["dataWindow"]
+            return int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)
+        if suffix == ".hdr":
+            return _radiance_size(path)
+        from PIL import Image
+
+        with warnings.catch_warnings():  # PIL's own decompression-bomb warning: the limit here is ours
+            warnings.simplefilter("ignore")
+            pixels, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    return int(im.size[0]), int(im.size[1])
+            finally:
+                Image.MAX_IMAGE_PIXELS = pixels
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001  PIL and OpenEXR raise many types for corrupt headers
+        kind = suffix[1:].upper() or "supported image"
+        raise DataError(f"{name}: cannot decode image header (corrupt or not a {kind} file)") from None
+
+
+def _radiance_size(path: Path) -> tuple[int, int]:
+    """Width and height from a Radiance .hdr header: text lines up to a blank one, then `-Y H +X W`."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    lines = head.split(b"\n")
+    if not lines or not lines[0].startswith(b"#?"):
+        raise DataError(f"{path}: not a Radiance HDR file (no #? signature)")
+    for i, line in enumerate(lines[1:-1], 1):
+        if not line.strip():
+            parts = lines[i + 1].split()
+            if len(parts) == 4 and parts[0][1:] in (b"Y", b"X") and parts[1].isdigit() and parts[3].isdigit():
+                h, w = int(parts[1]), int(parts[3])
+                return (h, w) if parts[0][1:] == b"X" else (w, h)
+            break
+    raise DataError(f"{path}: Radiance HDR header has no resolution line")
+
+
+def check_pixel_limit(path: str | Path, where: str | None = None) -> tuple[int, int]:
+    """The header's (width, height); DataError naming the file when it has more than `max_image_pixels()`."""
+    w, h = header_size(path, where)
+    limit = max_image_pixels()
+    if w * h > limit or w < 1 or h < 1:
+        name = f"{path} ({where})" if where else str(path)
+        raise DataError(f"{name}: image header says {w}x{h} pixels; the limit is {limit:,} pixels "
+                        f"(set NGRAPHICS_MAX_IMAGE_PIXELS to raise it)")
+    return w, h
 
 
 # --- sRGB transfer function (IEC 61966-2-1), for numpy arrays and torch tensors ---------------------------
@@ -97,7 +178,8 @@ def decode_image(path: str | Path, where: str | None = None) -> np.ndarray:
         where: context for error messages, e.g. "transforms_train.json frame 3".
     Returns: (H, W, C), C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA), in the file's precision: uint8 for
         8-bit files, uint16 for 16-bit ones, float32 for EXR / HDR / float TIFF (linear, unclamped).
-    Raises: DataError naming the file (and `where`) when it is missing, empty or cannot be decoded.
+    Raises: DataError naming the file (and `where`) when it is missing, empty, cannot be decoded, or its
+        header claims more than `MAX_IMAGE_PIXELS` pixels (checked before decoding).
     """
     import cv2
 
@@ -105,6 +187,9 @@ def decode_image(path: str | Path, where: str | None = None) -> np.ndarray:
     name = f"{path} ({where})" if where else str(path)
     if not path.is_file():
         raise DataError(f"{name}: image file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{name}: image file is empty")
+    check_pixel_limit(path, where)
     if path.suffix.lower() == ".exr":
         try:
             return read_exr(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ngraphics.config import load_mapping
 from ngraphics.errors import DataError
-from ngraphics.io.atomic import append_jsonl, atomic_write_yaml
+from ngraphics.io.atomic import append_jsonl, atomic_write_text, atomic_write_yaml
 from ngraphics.training.checkpoint import CheckpointFolder
 
 
@@ -66,6 +66,25 @@ class RunFolder:
     def log(self, record: dict) -> None:
         """Append one record to metrics.jsonl (with a wall-clock timestamp)."""
         append_jsonl(self.metrics_path, {"wall": round(time.time(), 3), **record})
+
+    def drop_records_after(self, step: int) -> int:
+        """Remove the records of metrics.jsonl logged after `step` (atomically: the file is rewritten and
+        renamed into place). A resumed run redoes those steps, so no step appears twice. Returns how many
+        records were dropped; a torn last line is dropped too."""
+        if not self.metrics_path.is_file():
+            return 0
+        lines = self.metrics_path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step):
+                kept.append(line)
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        return len(lines) - len(kept)
 
     def read_metrics(self) -> list[dict]:
         """All records of metrics.jsonl; a torn last line (a crash mid-write) is skipped."""

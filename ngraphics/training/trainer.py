@@ -26,15 +26,17 @@ from pathlib import Path
 import torch
 
 from ngraphics import ops
-from ngraphics.config import apply_overrides
+from ngraphics.config import apply_overrides, to_dict
 from ngraphics.data.scene import SceneData
 from ngraphics.devices import pick_device
+from ngraphics.encodings.base import check_finite_boundaries
 from ngraphics.errors import ConfigError
 from ngraphics.methods import method_class
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
+from ngraphics.training.checkpoint import load_method_state
 from ngraphics.training.evaluation import evaluate_method
 from ngraphics.training.progress import progress_bar, rate_text, round_record
-from ngraphics.training.run_config import RunConfig, load_split, parse_run_config
+from ngraphics.training.run_config import RunConfig, anchor_data_path, load_split, parse_run_config
 from ngraphics.training.run_folder import RunFolder
 from ngraphics.training.step_profile import StepProfile
 
@@ -54,6 +56,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run: RunFolder, *, hooks: list[Hook] = (), resume: bool = False,
                  dist: Dist = SINGLE_PROCESS):
+        config = anchor_data_path(config, run.path)  # data.path absolute, and relative to the run folder
         self.config, self.run, self.hooks, self.dist = config, run, list(hooks), dist
         self.device = pick_device(config.trainer.device, "trainer.device")
         self.lock = threading.Lock()
@@ -63,15 +66,24 @@ class Trainer:
         self.eval_scene: SceneData | None = load_split(config.data, config.data.eval_split) if dist.is_main else None
         self.method: Method = method_class(config.method)(config.model, self.train_scene, self.device, dist)
         self.sampler = self.method.sampler(self.train_scene, self.device)
+        if config.trainer.check_finite:
+            check_finite_boundaries(self.method)
         self.step = 0
         self.elapsed = 0.0  # training seconds, evaluation and saving excluded
+        self._saved_at = 0.0  # training time of the last checkpoint
         self._evaluated_times: set[float] = set()
         self._ops_logged = False
         if resume:
             found = run.checkpoints.latest(map_location="cpu")
             if found is None:
                 raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.checkpoints.folder})")
-            self.load_state(found[1])
+            self.load_state(found[1], found[0])
+            if self._done():
+                raise ConfigError(f"{run.path}: already finished ({self.step} steps, {self.elapsed:.0f} s of "
+                                  f"training; `ngraphics eval {run.path}` evaluates it); to train longer add "
+                                  f"--set trainer.steps={2 * self.step}")
+            if dist.is_main:  # records after the checkpoint are redone: no step appears twice
+                run.drop_records_after(self.step)
             print(f"resumed {found[0]} at step {self.step}", file=sys.stderr)
         if dist.is_main:
             run.create(config.to_dict())  # on resume too: --set overrides (e.g. more steps) are part of the run
@@ -83,18 +95,20 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"format": "ngraphics-checkpoint", "version": 1, "method_name": self.config.method,
-                "step": self.step, "elapsed": self.elapsed, "method": self.method.state_dict(),
+                "step": self.step, "elapsed": self.elapsed, "model_config": to_dict(self.config.model),
+                "method": self.method.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict, path: Path | None = None) -> None:
+        path = path or self.run.checkpoints.folder
         if state.get("format") != "ngraphics-checkpoint":
-            raise ConfigError(f"{self.run.path}: checkpoint is not an ngraphics checkpoint")
+            raise ConfigError(f"{path}: not an ngraphics checkpoint")
         if state.get("method_name") != self.config.method:
-            raise ConfigError(f"{self.run.path}: checkpoint holds method {state.get('method_name')!r}, "
-                              f"config says {self.config.method!r}")
-        self.method.load_state_dict(state["method"])
+            raise ConfigError(f"{path}: holds method {state.get('method_name')!r}, config says {self.config.method!r}")
+        load_method_state(self.method, state, path, to_dict(self.config.model))
         self.sampler.load_state_dict(state.get("sampler", {}))
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self._saved_at = self.elapsed
         self._evaluated_times = {s for s in self.config.trainer.eval_times if s <= self.elapsed}
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -102,6 +116,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (main rank only); returns its path."""
+        self._saved_at = self.elapsed
         if not self.dist.is_main:
             return None
         return self.run.checkpoints.save(self.step, self.state())
@@ -204,7 +219,10 @@ class Trainer:
                 if main and (t.eval_every and self.step % t.eval_every == 0 or due) and not self._done():
                     self._evaluated_times.update(due)
                     self._log_eval(self.evaluate(self._eval_subset()))
-                if t.save_every and self.step % t.save_every == 0 and not self._done():
+                save_due = t.save_every and self.step % t.save_every == 0
+                if t.save_every_s and self.elapsed - self._saved_at >= t.save_every_s:
+                    save_due = True  # by training time too: a SIGKILL loses at most save_every_s seconds
+                if save_due and not self._done():
                     self.save()
         except KeyboardInterrupt:
             bar.close()
@@ -249,7 +267,7 @@ def restore_run(run: RunFolder, split: str | None = None, device: str = "auto", 
     box as training, and loads the newest checkpoint. Returns (config, method, scene, checkpoint path)."""
     where = str(run.config_path)
     mapping = apply_overrides(run.read_config(), list(overrides)) if overrides else run.read_config()
-    config = parse_run_config(mapping, where)
+    config = anchor_data_path(parse_run_config(mapping, where), run.path)
     found = run.checkpoints.latest(map_location="cpu")
     if found is None:
         raise ConfigError(f"{run.path}: no checkpoint to load (train it first, or resume it)")
@@ -259,7 +277,7 @@ def restore_run(run: RunFolder, split: str | None = None, device: str = "auto", 
     scene = load_split(config.data, split or config.data.eval_split)
     torch.manual_seed(config.trainer.seed)
     method = method_class(config.method)(config.model, scene, pick_device(device, "--device"), SINGLE_PROCESS)
-    method.load_state_dict(state["method"])
+    load_method_state(method, state, path, to_dict(config.model))
     return config, method, scene, path
 
 

@@ -111,7 +111,7 @@ class Viewer:
         spread = float(np.median(np.linalg.norm(origins - origins.mean(0), axis=1))) or 1.0
         self.server.scene.set_up_direction(tuple(up))
         wxyz, position, fov, _ = camera_pose(cams, 0)
-        self.server.initial_camera.position = tuple(position)
+        self.server.initial_camera.position = tuple(centre + 1.25 * (position - centre))  # camera 0, a step back
         self.server.initial_camera.look_at = tuple(centre)
         self.server.initial_camera.up = tuple(up)
         self.server.initial_camera.fov = fov
@@ -167,7 +167,7 @@ class Viewer:
                 empty = (np.zeros(0), np.zeros(0))
                 self._plots = {
                     k: gui.add_uplot(empty, ({"label": "step"}, {"label": k, "stroke": colour, "width": 2}),
-                                     title=k, aspect=2.0)
+                                     title=k, aspect=2.0, scales={"x": {"time": False}})
                     for k, colour in (("loss", "#d04030"), ("psnr", "#3060d0"))}
 
     # --- browser events (viser's threads) ---------------------------------------------------------------------
@@ -215,6 +215,14 @@ class Viewer:
         wxyz, position, fov, _ = camera_pose(self.scene.cameras, i)
         with client.atomic():
             client.camera.wxyz, client.camera.position, client.camera.fov = wxyz, position, fov
+
+    def set_mode(self, key: str) -> None:
+        """Show `render`'s output `key` (rgb, depth, alpha, ...) in every browser (the Render mode menu)."""
+        self._mode.value = key
+
+    def show_cameras(self, visible: bool) -> None:
+        """Show or hide the training-camera frustums (the Training cameras box)."""
+        self._frustums.value = bool(visible)
 
     def set_paused(self, paused: bool) -> None:
         self.paused = bool(paused)
@@ -289,8 +297,9 @@ class Viewer:
             view.log.append((version, time.perf_counter(), full))
             del view.log[:-256]
             sent += 1
-            self._status.content = (f"step {self.step} · {picture.shape[1]}x{picture.shape[0]} in "
-                                    f"{seconds * 1000:.0f} ms{' · paused' if self.paused else ''}")
+            step = f"step {self.step} · " if self._plots is not None else ""
+            self._status.content = (f"{step}{picture.shape[1]}x{picture.shape[0]} in {seconds * 1000:.0f} ms"
+                                    f"{' · paused' if self.paused else ''}")
         return sent
 
     def _serve_requests(self) -> None:

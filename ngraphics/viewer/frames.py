@@ -101,7 +101,8 @@ def display_image(image: torch.Tensor, coverage: torch.Tensor | None = None) -> 
     - 3 channels: values in [0, 1] are shown as they are; anything with negative values (normals in
       [-1, 1]) as (x + 1) / 2.
     - 1 channel: values all in [0, 1] (alpha, masks) as grey levels; other values (depth) through the turbo
-      colour map, stretched over their 1st..99th percentile where `coverage` > 0.5 (all pixels if none).
+      colour map, stretched over their 1st..99th percentile where `coverage` > 0.5 (all pixels if none),
+      and darkened by `coverage` (black where nothing was hit).
     image: (H, W, k) float32, k in {1, 3} (other k show their first channel). coverage: (H, W, 1) or None.
     Returns: (H, W, 3) uint8.
     """
@@ -120,8 +121,9 @@ def display_image(image: torch.Tensor, coverage: torch.Tensor | None = None) -> 
         valid = x.reshape(-1)
     lo, hi = torch.quantile(valid.double(), torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
     picture = turbo(((x - lo) / max(hi - lo, 1e-8)).numpy())
-    if coverage is not None:
-        picture[coverage[..., 0].cpu().numpy() <= 0.5] = 0
+    if coverage is not None:  # fades to black where nothing was hit
+        weight = coverage[..., 0].cpu().clamp(0, 1).numpy()[..., None]
+        picture = (picture * weight + 0.5).astype(np.uint8)
     return picture
 
 

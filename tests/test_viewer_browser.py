@@ -3,7 +3,7 @@
 NeRF trains briefly on the procedural scene with the viewer hook on and the browser connected; then the canvas
 must show the scene (a region of it against the offline render of the same camera: similar mean colour,
 correlated, not blank), follow a camera moved through viser's API, and change with the render mode.
-NGRAPHICS_VIEWER_SCREENSHOT=path.png also saves the page (docs/images/viewer.png is made this way).
+NGRAPHICS_VIEWER_SCREENSHOT=path.png also saves the page as it was at the end of training.
 """
 
 from __future__ import annotations

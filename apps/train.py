@@ -31,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--check-finite", action="store_true",
                         help="name the first encoding or network whose input or output has NaN/inf (slower)")
+    from ngraphics.apps.view import add_viewer_arguments
+    from ngraphics.viewer.config import ViewerConfig
+
+    share = ViewerConfig().render_share
+    parser.add_argument("--viewer", action="store_true",
+                        help="watch training in the browser (viser; stays up after training until Ctrl-C)")
+    parser.add_argument("--viewer-share", type=float, default=share, metavar="FRACTION",
+                        help=f"share of wall time the viewer may spend rendering (default {share})")
+    add_viewer_arguments(parser, "viewer-")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
         flags = " ".join(f"--set {item}" for item in missing)
         print(f"warning: {path} is sized for a CUDA GPU and would take hours on this CPU; CPU-sized: {flags}",
               file=sys.stderr)
+    viewer = _start_viewer(args, trainer) if args.viewer and trainer.dist.is_main else None
     result = trainer.train()
     if result.get("interrupted"):
+        if viewer is not None:
+            viewer.close()
         return 130
     print(f"done: {trainer.step} steps in {trainer.elapsed:.1f} s of training; "
           f"{config.data.eval_split} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}", file=sys.stderr)
@@ -79,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"renders: {run_folder.renders}/", file=sys.stderr)
     print(f"run folder: {run_folder.path}  (ngraphics eval {run_folder.path}; ngraphics render {run_folder.path} "
           "--path orbit)", file=sys.stderr)
+    if viewer is not None:
+        print(f"viewer still serving the trained scene at {viewer.url}; Ctrl-C to stop", file=sys.stderr)
+        try:
+            viewer.serve_forever()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -93,3 +111,16 @@ def _holds(config: dict, override: str) -> bool:
             return False
         node = node[key]
     return node == value
+
+
+def _start_viewer(args: argparse.Namespace, trainer):
+    """The live viewer as a trainer hook (ngraphics.viewer): renders between steps within its time share."""
+    from ngraphics.apps.view import viewer_config
+    from ngraphics.training.evaluation import BACKGROUNDS
+    from ngraphics.viewer import Viewer
+
+    config = viewer_config(args, "viewer-", render_share=args.viewer_share)
+    viewer = Viewer(trainer.method, trainer.train_scene, trainer.run.path, config,
+                    BACKGROUNDS[trainer.config.data.eval_background], lock=trainer.lock, training=True)
+    trainer.hooks.append(viewer)
+    return viewer

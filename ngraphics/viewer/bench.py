@@ -1,0 +1,139 @@
+"""Benchmark: what the live viewer costs training, and how fast it answers a moving camera.
+
+    python -m ngraphics.viewer.bench                        # CPU, the procedural scene (bundled nerf/default)
+    python -m ngraphics.viewer.bench --device cuda --config nerf/lego --data path/to/lego --resolution 800
+
+Three training runs of the same config and seed, `--steps` steps each: no viewer; the viewer with a connected
+headless Chromium whose camera stays still (frames follow the model as it learns); the same with the camera
+orbiting (moved through viser's API every 50 ms). Reported: training steps/s (steps over the trainer's own
+clock, which includes the hook) and the share kept, frames handed to viser. Then, on the trained model with the
+viewer's own thread: frames/s while the camera moves (reduced size) and the latency from the camera's last move
+to the full-size frame (`--resolution` a side). Needs chromium + chromium-driver and selenium
+(`ngraphics.viewer.browser`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _orbit(viewer, stop: threading.Event, centre: np.ndarray, period_s: float = 0.05) -> None:
+    c, s = np.cos(0.05), np.sin(0.05)  # about 3 degrees a move, around the vertical through the centre
+    while not stop.is_set():
+        for view in list(viewer.views.values()):
+            cam = view.client.camera
+            offset = np.asarray(cam.position) - centre
+            cam.position = centre + np.array([c * offset[0] - s * offset[1], s * offset[0] + c * offset[1], offset[2]])
+            cam.look_at = centre
+        stop.wait(period_s)
+
+
+def _train(args, root: Path, name: str, client: str | None) -> dict:
+    from ngraphics.training.run_config import find_config, load_run_config
+    from ngraphics.training.run_folder import RunFolder
+    from ngraphics.training.trainer import Trainer
+    from ngraphics.viewer import Viewer, ViewerConfig
+    from ngraphics.viewer.browser import headless_chromium
+
+    overrides = [f"trainer.steps={args.steps}", "trainer.progress=false", "trainer.eval_every=0",
+                 "trainer.save_every=0", "trainer.render_final=false", f"trainer.device={args.device}",
+                 "data.eval_views=1"] + list(args.set)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    trainer = Trainer(load_run_config(find_config(args.config), overrides), RunFolder(root / name))
+    if client is None:
+        trainer.train()
+        return {"steps_per_s": trainer.step / trainer.elapsed}
+    viewer = Viewer(trainer.method, trainer.train_scene, trainer.run.path,
+                    ViewerConfig(port=args.port, max_resolution=args.resolution, render_share=args.share),
+                    lock=trainer.lock, training=True)
+    trainer.hooks.append(viewer)
+    stop = threading.Event()
+    try:
+        with headless_chromium(args.resolution + 400, args.resolution + 150) as driver:
+            driver.get(viewer.url)
+            deadline = time.time() + 60
+            while not viewer.views and time.time() < deadline:
+                time.sleep(0.05)
+            viewer.show_cameras(False)
+            if client == "moving":
+                centre = trainer.train_scene.aabb.double().mean(0).numpy()
+                threading.Thread(target=_orbit, args=(viewer, stop, centre), daemon=True).start()
+            trainer.train()
+            stop.set()
+            frames = sum(v.frames for v in viewer.views.values())
+            result = {"steps_per_s": trainer.step / trainer.elapsed, "frames": frames}
+            if client == "still":
+                result.update(_interactive(viewer, trainer))
+            return result
+    finally:
+        stop.set()
+        viewer.close()
+
+
+def _interactive(viewer, trainer) -> dict:
+    """The trained model through the viewer's own thread: frames/s while orbiting, latency to a full frame."""
+    viewer.start()
+    view = next(iter(viewer.views.values()))
+    centre = trainer.train_scene.aabb.double().mean(0).numpy()
+    stop = threading.Event()
+    n0, t0 = view.frames, time.perf_counter()
+    orbit = threading.Thread(target=_orbit, args=(viewer, stop, centre), daemon=True)
+    orbit.start()
+    time.sleep(5.0)
+    stop.set()
+    orbit.join()
+    stopped = time.perf_counter()
+    moving_fps = (view.frames - n0) / (stopped - t0)
+    small = view.last_size
+    version = view.version
+    deadline = time.time() + 60
+    while time.time() < deadline and not (view.sent_full and view.sent_version >= version):
+        time.sleep(0.002)
+    full_at = next((t for v, t, full in reversed(view.log) if full), float("nan"))
+    return {"moving_fps": moving_fps, "moving_size": small, "full_size": view.last_size,
+            "still_to_full_s": full_at - stopped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config", default=None, help="run config (default: nerf/default, the procedural scene)")
+    parser.add_argument("--data", help="dataset path (sets data.path)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--share", type=float, default=None, help="render share (default: the viewer's)")
+    parser.add_argument("--resolution", type=int, default=256, help="longer side of a full frame")
+    parser.add_argument("--port", type=int, default=8490)
+    args = parser.parse_args(argv)
+    from ngraphics.viewer import ViewerConfig
+    from ngraphics.viewer.browser import missing
+
+    if missing():
+        print(f"viewer bench: {missing()}", file=sys.stderr)
+        return 2
+    args.share = ViewerConfig().render_share if args.share is None else args.share
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {case: _train(args, Path(tmp), case, None if case == "none" else case)
+                for case in ("none", "still", "moving")}
+    base = rows["none"]["steps_per_s"]
+    print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}")
+    print("| client | steps/s | kept | frames sent |\n|---|---:|---:|---:|")
+    for case, r in rows.items():
+        print(f"| {case} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / base:.1%} | {r.get('frames', '-')} |")
+    r = rows["still"]
+    print(f"trained model, viewer thread: {r['moving_fps']:.1f} frames/s while orbiting at "
+          f"{r['moving_size'][0]}x{r['moving_size'][1]}; full {r['full_size'][0]}x{r['full_size'][1]} frame "
+          f"{r['still_to_full_s'] * 1000:.0f} ms after the last move")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

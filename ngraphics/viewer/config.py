@@ -1,0 +1,36 @@
+"""`ViewerConfig`: the viewer's settings, importable without viser or torch (the CLI builds its flags from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ngraphics.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """Viewer settings (`ngraphics view` / `train --viewer` flags).
+
+    host: address to bind; 127.0.0.1 (this machine only) unless you mean to share it.
+    port: first port to try; a port in use moves on to the next free one (said on stderr).
+    render_share: share of wall time given to rendering while training, in (0, 1] (GUI slider).
+    max_resolution: longer side of a still frame, pixels (the browser canvas, shrunk to fit).
+    moving_frame_s: target seconds per frame while the camera moves (sets the reduced size).
+    still_after_s: the camera counts as still after this many seconds without a move.
+    thumbnail: longer side of the training photos shown in the frustums, pixels (0: no photos).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    render_share: float = 0.05
+    max_resolution: int = 512
+    moving_frame_s: float = 1 / 30
+    still_after_s: float = 0.2
+    thumbnail: int = 96
+
+    def __post_init__(self) -> None:
+        if not 0 < self.render_share <= 1:
+            raise ConfigError(f"--viewer-share must be in (0, 1], got {self.render_share}")
+        if self.max_resolution < 8 or not 0 < self.port < 65536:
+            raise ConfigError(f"viewer: need --max-resolution >= 8 and a port in 1..65535, got "
+                              f"{self.max_resolution} and {self.port}")

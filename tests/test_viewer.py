@@ -1,0 +1,293 @@
+"""The viewer without a browser: camera conversion against the dataset's own rays, display images, the crop box,
+the render budget, the drivers (hook and thread) with a fake browser client, ports and the `view` verb's errors.
+The browser itself is in tests/test_viewer_browser.py."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ngraphics.cameras import Cameras
+from ngraphics.data.load import load_dataset
+from ngraphics.errors import ConfigError
+from ngraphics.viewer.config import ViewerConfig
+from ngraphics.viewer.frames import (Pace, RenderBudget, camera_pose, crop_mask, display_image, frame_size,
+                                     pinhole, turbo)
+
+pytest.importorskip("viser")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return load_dataset(None, "train", resolution=16, n_views=4, mesh_resolution=0)
+
+
+# --- cameras -----------------------------------------------------------------------------------------------------
+
+
+def test_dataset_camera_through_viser_pose_gives_the_same_rays(scene):
+    cams = scene.cameras
+    for i in range(len(cams)):
+        wxyz, position, fov, aspect = camera_pose(cams, i)
+        assert aspect == 1.0 and abs(np.linalg.norm(wxyz) - 1) < 1e-6
+        back = pinhole(wxyz, position, fov, int(cams.width[i]), int(cams.height[i]))
+        o0, d0 = cams.image_rays(i)
+        o1, d1 = back.image_rays(0)
+        torch.testing.assert_close(o1, o0, atol=1e-5, rtol=0)
+        torch.testing.assert_close(d1, d0, atol=1e-5, rtol=0)
+
+
+def test_pinhole_looks_down_its_z_axis_with_the_given_vertical_fov():
+    # camera at (0, 0, 5) looking down -z (OpenCV: z forward, y down): a 180 degree turn about x
+    cam = pinhole((0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 5.0), math.radians(60), 40, 20, time_value=0.25)
+    assert cam.time.tolist() == [0.25] and cam.time.dtype == torch.float32
+    origins, dirs = cam.rays(torch.zeros(3, dtype=torch.int64), torch.tensor([[20.0, 10.0], [20.0, 0.0], [20.0, 20.0]]))
+    torch.testing.assert_close(dirs[0], torch.tensor([0.0, 0.0, -1.0]))
+    angle = math.degrees(math.acos(float(dirs[1] @ dirs[2])))  # top edge to bottom edge = vertical fov
+    assert abs(angle - 60) < 1e-3
+    assert float(dirs[1, 1]) > 0  # the image's top row looks towards +y: y-down camera turned about x
+    with pytest.raises(ConfigError, match="fov"):
+        pinhole((1.0, 0, 0, 0), (0, 0, 0), 0.0, 10, 10)
+
+
+def test_frame_size_keeps_the_canvas_aspect_within_the_limits():
+    assert frame_size(1600, 900, 512) == (512, 288)
+    assert frame_size(300, 200, 512) == (300, 200)  # never enlarged
+    w, h = frame_size(1600, 900, 512, pixels=64 * 36)
+    assert (w, h) == (64, 36)
+    assert frame_size(1600, 900, 512, pixels=1) == (8, 8)  # floor of 8 pixels a side
+
+
+# --- pictures ----------------------------------------------------------------------------------------------------
+
+
+def test_crop_mask_keeps_surface_points_inside_the_box():
+    # camera at the origin looking down +z; a plane at z = 2 seen through a 90-degree fov
+    cam = pinhole((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0), math.radians(90), 8, 8)
+    origins, dirs = cam.image_rays(0)
+    depth = (2.0 / dirs[:, 2]).reshape(8, 8, 1)  # ray distance to the plane
+    box = torch.tensor([[0.0, -5.0, 1.0], [5.0, 5.0, 3.0]])  # keeps x >= 0: the right half of the image
+    inside = crop_mask(cam, depth, None, box)
+    assert inside[:, 4:].all() and not inside[:, :4].any()
+    alpha = torch.ones(8, 8, 1)
+    alpha[0] = 0
+    assert not crop_mask(cam, depth, alpha, box)[0].any()
+
+
+def test_display_image_by_kind():
+    rgb = torch.rand(4, 5, 3)
+    np.testing.assert_array_equal(display_image(rgb), (rgb.numpy() * 255 + 0.5).astype(np.uint8))
+    normals = torch.tensor([[[-1.0, 0.0, 1.0]]])
+    np.testing.assert_array_equal(display_image(normals), [[[0, 128, 255]]])
+    alpha = torch.tensor([[[0.0]], [[1.0]]])
+    np.testing.assert_array_equal(display_image(alpha), [[[0, 0, 0]], [[255, 255, 255]]])
+    depth = torch.linspace(2, 6, 101).reshape(101, 1, 1)
+    picture = display_image(depth, torch.ones(101, 1, 1))
+    np.testing.assert_array_equal(picture[50, 0], turbo(np.array([[0.5]]))[0, 0])  # the middle of the range
+    np.testing.assert_array_equal(picture[0, 0], turbo(np.zeros((1, 1)))[0, 0])  # below the 1st percentile
+    uncovered = torch.ones(101, 1, 1)
+    uncovered[7] = 0
+    assert display_image(depth, uncovered)[7, 0].tolist() == [0, 0, 0]
+
+
+# --- budget ------------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.mark.parametrize("share", [0.05, 0.1, 0.5])
+def test_budget_keeps_rendering_to_its_share_of_wall_time(share):
+    clock, render_s, step_s = Clock(), 0.07, 0.01
+    budget = RenderBudget(share, burst_s=1.0, clock=clock)
+    rendering = 0.0
+    clock.t = 100.0  # a long idle spell first: buys at most share x burst_s
+    for _ in range(20000):  # training steps, each followed by the hook
+        clock.t += step_s
+        if budget.allows():
+            clock.t += render_s
+            budget.spend(render_s)
+            rendering += render_s
+    wall = clock.t - 100.0
+    assert rendering <= share * wall + share * 1.0 + render_s
+    assert rendering >= 0.9 * share * wall  # and it does use its share
+
+
+def test_budget_rejects_bad_shares_and_pace_learns_speed():
+    with pytest.raises(ConfigError, match="share"):
+        RenderBudget(0.0)
+    assert RenderBudget(1.0).allows()
+    pace = Pace()
+    assert pace.pixels_for(0.1) is None
+    pace.record(1000, 0.01)
+    assert pace.pixels_for(0.1) == pytest.approx(10000)
+
+
+# --- the viewer with a fake browser ----------------------------------------------------------------------------
+
+
+class Gradient:
+    """A method stand-in: renders a horizontal ramp whose level is the number of steps taken."""
+
+    exports = ()
+
+    def __init__(self):
+        self.level, self.calls, self.sizes = 0.0, 0, []
+
+    def render(self, cameras: Cameras, background=None) -> dict:
+        self.calls += 1
+        H, W = int(cameras.height[0]), int(cameras.width[0])
+        self.sizes.append((W, H))
+        ramp = torch.linspace(0, 1, W).expand(H, W)[None, ..., None]
+        return {"rgb": (ramp * 0 + self.level).expand(1, H, W, 3).contiguous(), "depth": 2 + ramp,
+                "alpha": torch.ones(1, H, W, 1)}
+
+
+class FakeClient:
+    """What the viewer uses of a viser ClientHandle: camera state, set_background_image, notifications."""
+
+    def __init__(self, client_id=1):
+        self.client_id = client_id
+        self.camera = SimpleNamespace(wxyz=np.array([1.0, 0, 0, 0]), position=np.zeros(3), fov=1.0,
+                                      image_width=320, image_height=240, on_update=lambda cb: None)
+        self.frames, self.notes = [], []
+        self.scene = SimpleNamespace(set_background_image=lambda image, **kw: self.frames.append(image))
+
+    def add_notification(self, **kw):
+        self.notes.append(kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def viewer(scene, tmp_path):
+    from ngraphics.viewer import Viewer
+
+    v = Viewer(Gradient(), scene, tmp_path, ViewerConfig(port=_free_port(), max_resolution=64, thumbnail=8))
+    yield v
+    v.close()
+
+
+def test_binds_localhost_and_moves_past_a_port_in_use(scene, tmp_path, capsys):
+    from ngraphics.viewer import Viewer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        v = Viewer(Gradient(), scene, tmp_path, ViewerConfig(port=port, thumbnail=0))
+        try:
+            assert v.server.get_host() == "127.0.0.1" and v.port != port
+            err = capsys.readouterr().err
+            assert f"port {port} is in use, serving on {v.port}" in err and f"viewer: {v.url}" in err
+        finally:
+            v.close()
+
+
+def test_moving_camera_gets_small_frames_then_one_full_frame(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    viewer.pace.record(100, 1.0)  # 100 pixels/s: a 1/30 s frame has ~3 pixels -> the 8-pixel floor
+    assert viewer.render_pending(None) == 1
+    assert client.frames[-1].shape[:2] == (8, 8)
+    assert viewer.render_pending(None) == 0  # nothing changed, still moving: nothing to send
+    view.moved_at -= 1.0  # the camera has been still for a second
+    assert viewer.render_pending(None) == 1
+    assert client.frames[-1].shape[:2] == (48, 64)  # the canvas's 4:3 at max_resolution 64
+    assert viewer.render_pending(None) == 0
+    viewer._mode.value = "depth"
+    viewer._changed()
+    assert viewer.render_pending(None) == 1 and not np.array_equal(client.frames[-1], client.frames[-2])
+
+
+def test_hook_renders_within_its_budget_and_pause_waits(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    viewer.views[1].moved_at -= 1.0
+    viewer.budget.share = 0.01
+    viewer.budget.credit = -1.0  # a render just spent the credit: 100 s of wall time to earn it back
+    trainer = SimpleNamespace(dist=SimpleNamespace(is_main=True))
+    for step in range(1, 6):
+        viewer.method.level = step / 10
+        viewer(trainer, step, {"loss": torch.tensor(0.5)})
+    assert len(client.frames) == 0  # no credit yet: training is not held up
+    viewer.budget.credit = 1.0
+    viewer(trainer, 6, {})
+    assert len(client.frames) == 1 and client.frames[-1][0, 0, 0] == round(0.5 * 255)  # the step-5 model
+    viewer.set_paused(True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (viewer(trainer, 7, {}), done.set()), daemon=True).start()
+    time.sleep(0.3)
+    assert not done.is_set()  # paused: the hook holds the training thread
+    assert len(client.frames) == 2  # ... and renders the new step anyway, without a budget
+    viewer.set_paused(False)
+    assert done.wait(5)
+    assert viewer(SimpleNamespace(dist=SimpleNamespace(is_main=False)), 8, {}) is None
+
+
+def test_render_thread_answers_camera_moves_and_screenshots(viewer, tmp_path):
+    client = FakeClient()
+    viewer._connect(client)
+    viewer.views[1].moved_at -= 1.0
+    viewer.start()
+    deadline = time.time() + 10
+    while not client.frames and time.time() < deadline:
+        time.sleep(0.01)
+    assert client.frames
+    viewer._request("screenshot", client)
+    while not client.notes and time.time() < deadline:
+        time.sleep(0.01)
+    assert "saved" in client.notes[0]["body"]
+    shots = list((tmp_path / "screenshots").glob("step*.png"))
+    assert len(shots) == 1
+    from ngraphics.io.images import read_image
+
+    assert read_image(shots[0]).shape[:2] == (48, 64)
+
+
+def test_view_verb_errors_are_one_line(tmp_path, capsys):
+    from ngraphics.cli import main
+
+    assert main(["view", str(tmp_path / "nothing")]) == 2
+    assert "error" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="share"):
+        ViewerConfig(render_share=1.5)
+
+
+def test_train_viewer_flag_serves_while_and_after_training(tmp_path, capsys, monkeypatch):
+    from ngraphics.cli import main
+    from ngraphics.viewer import server
+
+    seen = []
+
+    def serve_forever(self):  # after training: stands for the user's Ctrl-C
+        seen.append(self.step)
+        self.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server.Viewer, "serve_forever", serve_forever)
+    tiny = ["data.options={resolution: 16, n_views: 4, mesh_resolution: 0}", "trainer.steps=3",
+            "trainer.progress=false", "model.field.encoding={n_levels: 2, log2_hashmap_size: 10}",
+            "model.field.max_resolution=32", "model.occupancy={resolution: 8, warmup_steps: 2, update_every: 2}",
+            "model.render_steps=32", "model.target_samples=1024", "model.initial_rays=128"]
+    args = ["train", "--runs-dir", str(tmp_path), "--name", "v", "--viewer", "--viewer-port", str(_free_port())]
+    assert main(args + [a for s in tiny for a in ("--set", s)]) == 0
+    assert seen == [3]  # the hook saw every step, then the viewer stayed up
+    assert "viewer still serving the trained scene at http://localhost:" in capsys.readouterr().err

@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a scene from a YAML config (default: the built-in procedural scene)"),
     "eval": ("evaluate", "test-set metrics and images of a run folder"),
     "render": ("render", "render a run along a camera path to MP4 or PNGs"),
+    "export": ("export", "export a trained run as a file (a mesh of a surface method)"),
 }
 
 

@@ -115,9 +115,13 @@ class Neus(Method):
 
     Config = NeusConfig
     exports: ClassVar[tuple[str, ...]] = ("mesh",)
+    # kernel-name substrings per step component, for the trainer's profile (first match wins: the double
+    # backward of the grid, which the eikonal loss and the gradient-dependent opacities need, is its own row)
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {
-        "encoding": ("_grid_",), "mlp": ("gemm", "sm90_xmma", "cutlass", "softplus"),
-        "compositing": ("cumsum", "index_add", "scan")}
+        "grid_bwd_bwd": ("_grid_bwd_bwd",), "grid_fwd_bwd": ("_grid_",),
+        "mlp": ("gemm", "sm90_xmma", "cutlass", "softplus", "Softplus", "relu", "threshold"),
+        "sampling": ("sort", "searchsorted", "cumsum", "gather", "linspace", "rand"),
+        "compositing": ("index_add", "scan", "exp", "log1p", "sigmoid")}
 
     def __init__(self, config: NeusConfig, scene: SceneData, device: torch.device | str = "cpu",
                  dist: Dist = SINGLE_PROCESS):

@@ -108,7 +108,8 @@ class SDFField(nn.Module):
         spec = getattr(self.encoding, "spec", None)
         self.n_levels = int(spec.n_levels) if spec is not None else 1
         self.n_features = self.encoding.n_output_dims // self.n_levels
-        self.register_buffer("active_levels", torch.tensor(self.n_levels, dtype=torch.int64))
+        self.register_buffer("active_levels", torch.tensor(self.n_levels, dtype=torch.int64))  # checkpoints
+        self.active = self.n_levels  # the same count as a host int: no GPU sync per call
         n_in = 3 + self.encoding.n_output_dims
         self.sdf_net = _mlp([n_in] + [config.sdf_neurons] * config.sdf_hidden_layers
                             + [1 + config.geometry_features], nn.Softplus(beta=config.softplus_beta))
@@ -137,14 +138,21 @@ class SDFField(nn.Module):
 
     def set_active_levels(self, n: int) -> None:
         """Feed the first n hash levels (1 .. n_levels) to the SDF MLP, mask the finer ones."""
-        self.active_levels.fill_(max(1, min(int(n), self.n_levels)))
+        self.active = max(1, min(int(n), self.n_levels))
+        self.active_levels.fill_(self.active)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "active_levels"
+        if key in state_dict:
+            self.active = int(state_dict[key])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Grid features of world points with the finer levels masked. (N, 3) -> (N, L*F) float32."""
         u = ((x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])).clamp(0.0, 1.0)
         g = self.encoding(u).float()
-        if int(self.active_levels) < self.n_levels:
-            mask = (torch.arange(self.n_levels, device=x.device) < self.active_levels).float()
+        if self.active < self.n_levels:
+            mask = (torch.arange(self.n_levels, device=x.device) < self.active).float()
             g = g * mask.repeat_interleave(self.n_features)
         return g
 

@@ -240,7 +240,7 @@ class Neus(Method):
         with torch.no_grad():
             mse = (out["rgb"] - target).square().mean()
         return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "eikonal": eikonal.detach(),
-                "inv_s": self.inv_s(self.variance.detach()), "levels": torch.tensor(float(self.field.active_levels)),
+                "inv_s": self.inv_s(self.variance.detach()), "levels": torch.tensor(float(self.field.active)),
                 "lr": torch.tensor(lr), **stats}
 
     @torch.no_grad()

@@ -334,10 +334,10 @@ class Neus(Method):
             diagonal = float((gt_v.amax(0) - gt_v.amin(0)).norm())
             try:
                 mesh = self.mesh(self.config.eval_mesh_resolution, colors=False, world=False)
-            except DataError:
-                return {**out, "chamfer_l1": float("inf")}  # no surface yet: the worst value, not a crash
-            m = mesh_metrics((mesh.vertices, mesh.faces), (gt_v, gt_f), self.config.fscore_threshold * diagonal,
-                             n_points=50_000)
+                m = mesh_metrics((mesh.vertices, mesh.faces), (gt_v, gt_f), self.config.fscore_threshold * diagonal,
+                                 n_points=50_000)
+            except DataError:  # no surface (yet), or a degenerate one: the worst values, not a crash
+                return {**out, "chamfer_l1": float("inf"), "fscore": 0.0}
             out.update({"chamfer_l1": m["chamfer_l1"], "chamfer_accuracy": m["accuracy"],
                         "chamfer_completeness": m["completeness"], "normal_consistency": m["normal_consistency"],
                         "fscore": m["fscore"], "chamfer_l1_rel_diagonal": m["chamfer_l1"] / diagonal})

@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "test-set metrics and images of a run folder"),
     "render": ("render", "render a run along a camera path to MP4 or PNGs"),
     "view": ("view", "explore a trained run in the browser (viser)"),
+    "export": ("export", "export a trained run as a file (a mesh of a surface method)"),
 }
 
 

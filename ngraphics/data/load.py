@@ -11,6 +11,7 @@ Detection, in order (a folder, or a file inside it):
     transforms.json (or a *.json path) -> instant_ngp.load_instant_ngp
     cameras_sphere.npz                 -> neus.load_neus (NeuS / DTU)
     cameras.bin|txt in ., sparse/0, sparse -> colmap.load_colmap
+    a mesh file (.obj .ply .stl .glb .off) -> mesh_scene.load_mesh_scene (rendered views, true surface)
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from ngraphics.data.blender import is_blender, load_blender
 from ngraphics.data.colmap import find_model_dir, load_colmap
 from ngraphics.data.frames import check_split
 from ngraphics.data.instant_ngp import load_instant_ngp
+from ngraphics.data.mesh_scene import MESH_SUFFIXES, load_mesh_scene
 from ngraphics.data.neus import is_neus, load_neus
 from ngraphics.data.procedural import load_procedural
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError, choice_message
 
-FORMATS = ("procedural", "blender", "instant-ngp", "neus", "colmap")
+FORMATS = ("procedural", "blender", "instant-ngp", "neus", "colmap", "mesh")
 BACKGROUNDS = ("white", "black", "random")
 
 
@@ -41,6 +43,8 @@ def detect_format(path: str | Path | None) -> str:
         if path.suffix.lower() == ".json":
             split_file = path.stem.startswith("transforms_") and is_blender(path.parent)
             return "blender" if split_file else "instant-ngp"
+        if path.suffix.lower() in MESH_SUFFIXES:
+            return "mesh"
         if path.name == "cameras_sphere.npz":
             return "neus"
         if path.stem in ("cameras", "images", "points3D") and path.suffix in (".bin", ".txt"):
@@ -93,16 +97,18 @@ def load_dataset(
         raise DataError(choice_message("background", background, BACKGROUNDS))
     if not (isinstance(downscale, (int, float)) and downscale >= 1):
         raise DataError(f"downscale must be a number >= 1, got {downscale!r}")
-    if procedural and fmt != "procedural":
-        raise DataError(f"{path}: options {sorted(procedural)} only apply to the procedural scene")
+    if procedural and fmt not in ("procedural", "mesh"):
+        raise DataError(f"{path}: options {sorted(procedural)} only apply to the procedural scene and meshes")
     common = {"split": split, "background": background, "max_frames": max_frames,
               "frame_stride": frame_stride}
     if fmt == "procedural":
         if downscale != 1 and "resolution" not in procedural:
             procedural["resolution"] = max(4, round(80 / downscale))
         return load_procedural(**common, **procedural)
-    common.update(downscale=downscale, cache=cache)
     path = Path(path)
+    if fmt == "mesh":
+        return load_mesh_scene(path, **common, **procedural)
+    common.update(downscale=downscale, cache=cache)
     if fmt == "blender":
         return load_blender(path.parent if path.is_file() else path, **common)
     if fmt == "instant-ngp":

@@ -75,7 +75,8 @@ def load_neus(
         split: "train", "val", "test" or "all" (every `holdout`-th image is "val"/"test"; NeuS itself trains
             on all: pass split="all").
         downscale, background, cache, max_frames, frame_stride: as for `load_dataset`.
-    Returns: SceneData with RGB(A) images, masks when mask/ exists, aabb [-1, 1]^3.
+    Returns: SceneData with RGB(A) images, masks when mask/ exists, aabb [-1, 1]^3, meta["scale_mat"] (4, 4):
+        scale_mat_0, the normalised (unit-sphere) frame -> world coordinates (for meshes).
     """
     root = Path(root)
     check_split(split, str(root))
@@ -97,6 +98,8 @@ def load_neus(
         raise DataError(f"{npz_path}: not a readable .npz file ({e})") from None
 
     chosen = subsample(holdout_indices(len(files), split, holdout), max_frames, frame_stride)
+    # NeuS maps meshes back to world units with scale_mat_0 (every view's is the same object normalisation)
+    scale_mat_0 = _matrix(cams, "scale_mat_0", npz_path, default=np.eye(4))
     views = Views(downscale)
     for i in chosen:
         world = _matrix(cams, f"world_mat_{i}", npz_path)
@@ -113,5 +116,5 @@ def load_neus(
         aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), near=max(float(dist.min()) - 1.0, 0.05),
         far=float(dist.max()) + 1.0, background=background, masks=masks,
         meta={"format": "neus", "source": str(root), "split": split, "downscale": downscale,
-              "files": [str(files[i]) for i in chosen]},
+              "files": [str(files[i]) for i in chosen], "scale_mat": scale_mat_0},
     )

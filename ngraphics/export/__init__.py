@@ -1,0 +1,1 @@
+"""Exporters: trained scenes as files (meshes from SDFs)."""

@@ -1,0 +1,79 @@
+"""Rendered views of mesh files: ray-triangle hits, depths on the true surface, the scene -> file frame."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import need_data
+from ngraphics.data import load_dataset
+from ngraphics.data.mesh_scene import intersect, load_mesh_scene, sphere_cameras
+from ngraphics.errors import DataError
+from ngraphics.metrics.geometry import nearest, sample_surface
+
+pytest.importorskip("trimesh")
+
+
+def test_intersect_a_triangle_and_miss_it():
+    vertices = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 2.0], [1.0, 0.0, 2.0],
+                             [0.0, 1.0, 2.0]])
+    faces = torch.tensor([[3, 4, 5], [0, 1, 2]])  # the farther one first: the nearest hit wins
+    origins = torch.tensor([[0.2, 0.2, 0.0], [0.8, 0.8, 0.0], [0.2, 0.2, 5.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    t, face = intersect(origins, dirs, vertices, faces, chunk=2)
+    assert face.tolist() == [1, -1, 0]
+    assert t[0] == pytest.approx(1.0) and torch.isinf(t[1]) and t[2] == pytest.approx(3.0)
+
+
+def _cube_file(tmp_path):
+    import trimesh
+
+    path = tmp_path / "cube.ply"
+    box = trimesh.creation.box(extents=(2.0, 4.0, 2.0))
+    box.apply_translation([5.0, 0.0, 0.0])
+    box.export(path)
+    return path
+
+
+def test_mesh_scene_depths_lie_on_the_surface(tmp_path):
+    scene = load_mesh_scene(_cube_file(tmp_path), "train", resolution=16, n_views=3)
+    assert len(scene) == 3 and scene.has_alpha and scene.masks is not None
+    vertices, faces = scene.surface
+    assert float(vertices.norm(dim=-1).max()) == pytest.approx(0.8, abs=1e-5)  # fits the radius-0.8 sphere
+    surface_points, _ = sample_surface(vertices, faces, 20_000)
+    for i in range(3):
+        origins, dirs = scene.cameras.image_rays(i)
+        hit = scene.masks[i].reshape(-1) > 0
+        assert hit.any() and not hit.all()
+        z = scene.depths[i].reshape(-1)[hit]
+        t = z / (dirs[hit] @ scene.cameras.c2w[i, :3, 2])
+        points = origins[hit] + t[:, None] * dirs[hit]
+        # the box's faces: |x| = 0.8 / sqrt(6) * 1 etc.; every hit lies on one of them
+        half = torch.tensor([1.0, 2.0, 1.0]) * 0.8 / 6**0.5
+        on_face = ((points.abs() - half).abs() < 1e-4) & (points.abs() <= half + 1e-4)
+        assert bool(on_face.any(-1).all())
+        assert float(nearest(points, surface_points)[0].max()) < 0.05
+    # scale_mat maps the scene frame back to the file's coordinates
+    m = torch.as_tensor(scene.meta["scale_mat"])
+    back = vertices.double() @ m[:3, :3].T + m[:3, 3]
+    assert float(back[:, 0].min()) == pytest.approx(4.0, abs=1e-5) and float(back[:, 1].max()) == pytest.approx(2.0)
+
+
+def test_load_dataset_detects_mesh_files_and_splits_differ(tmp_path):
+    path = _cube_file(tmp_path)
+    train = load_dataset(path, "train", resolution=8, n_views=2)
+    test = load_dataset(path, "test", resolution=8, n_views=2)
+    assert train.meta["format"] == "mesh" and not torch.equal(train.cameras.c2w, test.cameras.c2w)
+    cams = sphere_cameras(5, 8, "train")
+    assert torch.allclose(cams.origins.norm(dim=-1), torch.full((5,), 3.0))
+    bad = tmp_path / "bad.obj"
+    bad.write_text("this is not a mesh\n")
+    with pytest.raises(DataError):
+        load_mesh_scene(bad)
+
+
+def test_bunny_renders():
+    path = need_data("meshes", "bunny.obj")
+    scene = load_mesh_scene(path, "test", resolution=16, n_views=1)
+    coverage = float(scene.masks[0].mean())
+    assert 0.05 < coverage < 0.9 and scene.surface[1].shape[0] > 1000

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     folder.log({"step": step, "split": split, "eval": True, **numbers, "spp": spp})
     for view in result["per_view"]:
         print(f"  {view['name']:<24} PSNR {view['psnr']:6.2f} dB  SSIM {view['ssim']:.4f}")
-    print(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['n_views']} views "
+    own = "".join(f", {k} {v:.4g}" for k, v in numbers.items()  # the method's own metrics (Chamfer, IoU, ...)
+                  if k not in ("psnr", "ssim", "n_views") and isinstance(v, float))
+    print(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}{own} over {result['n_views']} views "
           f"(step {step}, background {config.data.eval_background}, {spp} rays per pixel)")
     print(f"images and metrics.json: {folder.eval_dir}/", file=sys.stderr)
     return 0

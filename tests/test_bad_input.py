@@ -330,7 +330,7 @@ def test_dtu_mistakes_are_one_line(tmp_path, capfd):
 
 
 def test_check_finite_names_the_module_and_is_off_by_default():
-    from ngraphics.encodings.base import check_finite_boundaries
+    from ngraphics.networks.finite_checks import check_finite_boundaries
     from ngraphics.errors import DataError
     from ngraphics.networks.network_with_input_encoding import NetworkWithInputEncoding
 

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ngraphics.ops import check_backend
 from ngraphics.config import from_dict
 from ngraphics.errors import ConfigError
+from ngraphics.ops import check_backend
 
 PRECISIONS = (torch.float32, torch.float16)
 
@@ -89,50 +89,3 @@ class Encoding(nn.Module):
     def extra_repr(self) -> str:
         return (f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}, "
                 f"n_params={self.n_params}")
-
-
-# --- optional NaN/inf checks at module boundaries (`trainer.check_finite`, `ngraphics train --check-finite`) ---
-
-def check_finite_boundaries(owner) -> list:
-    """Check the inputs and outputs of every encoding and MLP inside `owner` for NaN/inf on each call.
-
-    owner: an nn.Module, or any object (e.g. a method) whose attributes hold modules. Adds forward hooks, so
-    nothing is paid unless this is called. A non-finite value raises `DataError` naming the module
-    (`field.encoding (HashGrid): input has 3 NaN/inf of 3072 values`). Returns the hook handles (call
-    `.remove()` on them to stop checking)."""
-    from ngraphics.networks.mlp import MLP
-
-    roots = [("", owner)] if isinstance(owner, nn.Module) else [
-        (name, value) for name, value in vars(owner).items() if isinstance(value, nn.Module)]
-    handles, seen = [], set()
-    for root_name, root in roots:
-        for name, module in root.named_modules(prefix=root_name):
-            if isinstance(module, (Encoding, MLP)) and id(module) not in seen:
-                seen.add(id(module))
-                label = f"{name or type(module).__name__} ({type(module).__name__})"
-                handles.append(module.register_forward_pre_hook(_input_check(label)))
-                handles.append(module.register_forward_hook(_output_check(label)))
-    return handles
-
-
-def _raise_if_non_finite(tensor, label: str, what: str) -> None:
-    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            from ngraphics.errors import DataError
-
-            raise DataError(f"{label}: {what} has {int((~finite).sum())} NaN/inf of {tensor.numel()} values "
-                            f"(found by trainer.check_finite)")
-
-
-def _input_check(label: str):
-    def hook(module, args):
-        for arg in args:
-            _raise_if_non_finite(arg, label, "input")
-    return hook
-
-
-def _output_check(label: str):
-    def hook(module, args, output):
-        _raise_if_non_finite(output, label, "output")
-    return hook

@@ -29,7 +29,7 @@ from ngraphics import ops
 from ngraphics.config import apply_overrides, to_dict
 from ngraphics.data.scene import SceneData
 from ngraphics.devices import pick_device
-from ngraphics.encodings.base import check_finite_boundaries
+from ngraphics.networks.finite_checks import check_finite_boundaries
 from ngraphics.errors import ConfigError
 from ngraphics.methods import method_class
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method

@@ -1,5 +1,5 @@
 """Triton EWA projection of 3D Gaussians: `project_gaussians_triton`, the twin of
-`ngraphics.splatting.project.project_gaussians` (same arguments, same dict), forward and backward.
+`ngraphics.splatting.project.project_gaussians_torch` (same arguments, same dict), forward and backward.
 
 Layout: the forward runs one lane per (Gaussian, camera) (grid: Gaussian blocks x cameras); the backward one
 lane per Gaussian that loops over the C cameras, so each Gaussian's gradient is summed in registers (no
@@ -308,7 +308,7 @@ def project_gaussians_triton(means: torch.Tensor, quats: torch.Tensor, scales: t
                              opacities: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                              height: int, eps2d: float = 0.3, near: float = 0.01, far: float = 1e10,
                              mip_filter: bool = False) -> dict:
-    """EWA-project N Gaussians into C cameras: `ngraphics.splatting.project.project_gaussians` on the GPU
+    """EWA-project N Gaussians into C cameras: `ngraphics.splatting.project.project_gaussians_torch` on the GPU
     (same arguments and outputs, fp32). Not differentiable w.r.t. viewmats and Ks (the reference is)."""
     N, C = means.shape[0], viewmats.shape[0]
     if means.shape != (N, 3) or quats.shape != (N, 4) or scales.shape != (N, 3) or opacities.shape != (N,) \

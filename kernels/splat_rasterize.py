@@ -1,5 +1,5 @@
 """Triton tile rasterizer of 2D Gaussians: `rasterize_to_pixels_triton`, the twin of
-`ngraphics.splatting.rasterize.rasterize_to_pixels` (same arguments, same outputs), forward and backward.
+`ngraphics.splatting.rasterize.rasterize_to_pixels_torch` (same arguments, same outputs), forward and backward.
 
 Layout: one program per (camera, tile) and block of CB output channels; its 16 x 16 = 256 lanes are the
 tile's pixels. It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]]) one at a
@@ -196,7 +196,7 @@ def rasterize_to_pixels_triton(means2d: torch.Tensor, conics: torch.Tensor, colo
                                opacities: torch.Tensor, width: int, height: int, tile_size: int,
                                flatten_ids: torch.Tensor, offsets: torch.Tensor
                                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend depth-sorted Gaussians front to back: `ngraphics.splatting.rasterize.rasterize_to_pixels` on the
+    """Blend depth-sorted Gaussians front to back: `ngraphics.splatting.rasterize.rasterize_to_pixels_torch` on the
     GPU (same arguments; computes in fp32 and returns colours' dtype).
 
     Args:

@@ -66,9 +66,9 @@ OPS: dict[str, Op] = {
     "march": Op("ngraphics.rendering.marching:march_torch", "ngraphics.kernels.marching:march_triton"),
     "composite": Op("ngraphics.rendering.compositing:composite_torch",
                     "ngraphics.kernels.compositing:composite_triton"),
-    "splat_project": Op("ngraphics.splatting.project:project_gaussians",
+    "splat_project": Op("ngraphics.splatting.project:project_gaussians_torch",
                         "ngraphics.kernels.splat_project:project_gaussians_triton"),
-    "splat_rasterize": Op("ngraphics.splatting.rasterize:rasterize_to_pixels",
+    "splat_rasterize": Op("ngraphics.splatting.rasterize:rasterize_to_pixels_torch",
                           "ngraphics.kernels.splat_rasterize:rasterize_to_pixels_triton"),
 }
 

@@ -8,6 +8,7 @@ without a GPU (no tensor is made there), and TRITON_INTERPRET=1 (monkeypatched) 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import logging
 import re
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from ngraphics import ops
+from ngraphics.cameras import Cameras
 from ngraphics.encodings.grid import HashGrid, grid_spec
 from ngraphics.encodings.simplex import Simplex
 from ngraphics.errors import ConfigError
@@ -24,8 +26,13 @@ from ngraphics.networks.mlp import MLP
 from ngraphics.rendering.compositing import composite
 from ngraphics.rendering.marching import march
 from ngraphics.rendering.occupancy import OccupancyGrid
+from ngraphics.splatting import rasterization
 
-pytest.importorskip("triton")  # the test venv has it; the kernels' modules must import on CPU
+# the test venv has triton; the kernels' modules must import on CPU. Not imported here: triton decorates its
+# own language functions for the interpreter only when TRITON_INTERPRET=1 is set before its first import,
+# which the kernel tests' harness does (tests/kernels/harness.py)
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # the policy only reads device.type
@@ -156,10 +163,12 @@ def test_mlp_call_site_hands_its_call_to_the_kernel_check(interpreter):
 
 
 def test_every_call_site_asks_the_policy_once_per_op(no_interpreter, caplog):
-    """HashGrid, Simplex, MLP, march and composite on CPU with backend auto: each op is decided (torch) and
+    """HashGrid, Simplex, MLP, march, composite and the splat rasterizer on CPU with backend auto: each op is decided (torch) and
     logged exactly once however often it runs."""
     caplog.set_level(logging.INFO, logger="ngraphics.ops")
     grid = OccupancyGrid(torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), resolution=4)
+    camera = Cameras(torch.eye(4)[None], torch.tensor([[[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]]]),
+                     torch.tensor([8]), torch.tensor([8]))
     origins = torch.tensor([[0.5, 0.5, -1.0], [-1.0, 0.5, 0.5]])
     directions = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     for _ in range(2):
@@ -170,6 +179,9 @@ def test_every_call_site_asks_the_policy_once_per_op(no_interpreter, caplog):
         n = len(s)
         out = composite(torch.ones(n), torch.ones(n, 3), s.t_starts, s.t_ends, s.ray_indices, s.offsets)
         assert n > 0 and out["alpha"].shape == (2,)
+        image = rasterization(torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+                              torch.full((1, 3), -1.0), torch.tensor([0.9]), torch.ones(1, 3), camera)
+        assert image["rgb"].shape == (1, 8, 8, 3)
     assert set(ops.decisions()) == set(ops.OPS)
     assert {d["backend"] for d in ops.decisions().values()} == {"torch"}
     lines = sorted(r.getMessage() for r in caplog.records if r.name == "ngraphics.ops")

@@ -23,8 +23,8 @@ from ngraphics import ops
 from ngraphics.cameras import Cameras
 from ngraphics.encodings.spherical_harmonics import spherical_harmonics_encode
 from ngraphics.errors import ConfigError
-from ngraphics.splatting import (TILE_SIZE, intersect_tiles, project_gaussians, rasterization,
-                                 rasterize_to_pixels)
+from ngraphics.splatting import (TILE_SIZE, intersect_tiles, project_gaussians_torch, rasterization,
+                                 rasterize_to_pixels_torch)
 from ngraphics.splatting.sh import sh_bases, sh_to_color
 
 
@@ -331,12 +331,12 @@ def test_rasterize_stage_gradients_reach_every_input():
     scene = random_scene(20)
     cams = look_at_cameras(1, 24, 24)
     viewmats = torch.linalg.inv(cams.c2w)
-    proj = project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["opacities"], viewmats,
+    proj = project_gaussians_torch(scene["means"], scene["quats"], scene["scales"], scene["opacities"], viewmats,
                              cams.K, 24, 24)
     isect = intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], 16, 24, 24)
     inputs = [proj[k].detach().requires_grad_(True) for k in ("means2d", "conics", "opacities")]
     colors = scene["colors"][None].clone().requires_grad_(True)
-    img, alpha = rasterize_to_pixels(inputs[0], inputs[1], colors, inputs[2], 24, 24, 16,
+    img, alpha = rasterize_to_pixels_torch(inputs[0], inputs[1], colors, inputs[2], 24, 24, 16,
                                      isect["flatten_ids"], isect["offsets"])
     grads = torch.autograd.grad((img * torch.randn_like(img)).sum() + alpha.sum(), inputs + [colors])
     visible = proj["radii"][0] > 0

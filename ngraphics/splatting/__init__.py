@@ -1,5 +1,5 @@
 """3D Gaussian splatting: a differentiable tile rasterizer in three stages, each a plain-torch reference that
-runs on CPU (`project_gaussians` → `intersect_tiles` → `rasterize_to_pixels`); projection and blending are
+runs on CPU (`project_gaussians_torch` → `intersect_tiles` → `rasterize_to_pixels_torch`); projection and blending are
 also Triton kernels on CUDA (through `ngraphics.ops`, ops "splat_project" and "splat_rasterize"; the tile
 sort stays torch). `rasterization` runs the three.
 """
@@ -11,8 +11,8 @@ import torch
 from ngraphics import ops
 from ngraphics.cameras import Cameras
 from ngraphics.errors import ConfigError
-from ngraphics.splatting.project import project_gaussians, quat_scale_to_covar
-from ngraphics.splatting.rasterize import rasterize_to_pixels
+from ngraphics.splatting.project import project_gaussians_torch, quat_scale_to_covar
+from ngraphics.splatting.rasterize import rasterize_to_pixels_torch
 from ngraphics.splatting.sh import sh_to_color
 from ngraphics.splatting.tiles import intersect_tiles
 
@@ -78,7 +78,7 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
                           "cameras only: undistort the images first (distortion zeros)")
     c2w = cameras.c2w.to(means)
     viewmats = torch.linalg.inv(c2w)  # (C, 4, 4): world to camera
-    project, raster = project_gaussians, rasterize_to_pixels
+    project, raster = project_gaussians_torch, rasterize_to_pixels_torch
     if ops.use_kernel("splat_project", backend, means.device):
         project = ops.kernel("splat_project")
     if ops.use_kernel("splat_rasterize", backend, means.device):
@@ -112,5 +112,5 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     return out
 
 
-__all__ = ["TILE_SIZE", "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterization",
-           "rasterize_to_pixels", "sh_to_color"]
+__all__ = ["TILE_SIZE", "intersect_tiles", "project_gaussians_torch", "quat_scale_to_covar", "rasterization",
+           "rasterize_to_pixels_torch", "sh_to_color"]

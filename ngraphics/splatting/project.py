@@ -1,6 +1,6 @@
 """Stage 1 of the splatting rasterizer: EWA projection of 3D Gaussians into C cameras.
 
-`project_gaussians` is the PyTorch reference (plain torch ops, any dtype, differentiable end to end; the
+`project_gaussians_torch` is the PyTorch reference (plain torch ops, any dtype, differentiable end to end; the
 gsplat twin is `_fully_fused_projection` in `gsplat/cuda/_torch_impl.py`). Per camera (w2c = [R | t], K):
 
     Sigma    = Rq S S^T Rq^T                        3D covariance, Rq from the unit quaternion (w, x, y, z),
@@ -48,7 +48,7 @@ def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tens
     return M @ M.transpose(1, 2)  # (N, 3, 3)
 
 
-def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+def project_gaussians_torch(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
                       viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, eps2d: float = 0.3,
                       near: float = 0.01, far: float = 1e10, mip_filter: bool = False) -> dict:
     """EWA-project N Gaussians into C cameras (see the module doc for the maths).
@@ -111,4 +111,4 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
     return {"means2d": means2d, "conics": conics, "depths": z, "radii": radii, "opacities": opac}
 
 
-__all__ = ["project_gaussians", "quat_scale_to_covar"]
+__all__ = ["project_gaussians_torch", "quat_scale_to_covar"]

@@ -1,6 +1,6 @@
 """Stage 3 of the splatting rasterizer: front-to-back alpha blending of depth-sorted 2D Gaussians per tile.
 
-`rasterize_to_pixels` is the PyTorch reference (plain torch ops, any dtype, differentiable by autograd; its
+`rasterize_to_pixels_torch` is the PyTorch reference (plain torch ops, any dtype, differentiable by autograd; its
 Triton twin is `ngraphics.kernels.splat_rasterize.rasterize_to_pixels_triton`, reached through `ngraphics.ops`
 as "splat_rasterize"). For pixel centre p = (u + 0.5, v + 0.5) and the Gaussians i = 0, 1, ... of its tile in
 depth order (3DGS `renderCUDA`, gsplat `rasterize_to_pixels_fwd`):
@@ -31,7 +31,7 @@ T_MIN = 1e-4  # a pixel stops once its transmittance would fall to this
 CHUNK = 256  # Gaussians per (pixels, Gaussians) block; tiles stop early once all their pixels have stopped
 
 
-def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
+def rasterize_to_pixels_torch(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
                         opacities: torch.Tensor, width: int, height: int, tile_size: int,
                         flatten_ids: torch.Tensor, offsets: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,4 +93,4 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, colors: tor
     return image[..., :D], image[..., D:]
 
 
-__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "rasterize_to_pixels"]
+__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "rasterize_to_pixels_torch"]

@@ -1,6 +1,6 @@
 """Parity of the splatting kernels with their torch references, forward and every gradient, on fresh random
-scenes: `ngraphics.kernels.splat_project.project_gaussians_triton` vs `project_gaussians` and
-`ngraphics.kernels.splat_rasterize.rasterize_to_pixels_triton` vs `rasterize_to_pixels`.
+scenes: `ngraphics.kernels.splat_project.project_gaussians_triton` vs `project_gaussians_torch` and
+`ngraphics.kernels.splat_rasterize.rasterize_to_pixels_triton` vs `rasterize_to_pixels_torch`.
 
 Three levels: the project stage alone (gradients to means, quats, scales, opacities; Gaussians around and
 behind the cameras, some far off screen where the Jacobian's clamp acts, with and without the mip filter),
@@ -35,7 +35,7 @@ from test_splatting import load_garden, look_at_cameras, random_scene  # noqa: E
 
 from ngraphics import ops  # noqa: E402
 from ngraphics.splatting import (  # noqa: E402
-    intersect_tiles, project_gaussians, rasterization, rasterize_to_pixels)
+    intersect_tiles, project_gaussians_torch, rasterization, rasterize_to_pixels_torch)
 
 (ksplat, kproject), INTERPRETED = interpreted_kernels("splat_rasterize", "splat_project")
 CPU_TOL = {"out": 1e-5, "grad": 1e-4}
@@ -44,7 +44,7 @@ GPU_TOL = {"out": 1e-4, "grad": 1e-3}
 
 def _stage_inputs(scene: dict, cams, D: int, gen: torch.Generator, device) -> tuple[list, dict, int, int]:
     W, H = int(cams.width[0]), int(cams.height[0])
-    proj = project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+    proj = project_gaussians_torch(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
                              torch.linalg.inv(cams.c2w), cams.K, W, H)
     isect = intersect_tiles(proj["means2d"], proj["radii"], proj["depths"], 16, W, H)
     C, N = proj["depths"].shape
@@ -54,12 +54,12 @@ def _stage_inputs(scene: dict, cams, D: int, gen: torch.Generator, device) -> tu
 
 
 def check_stage(scene: dict, cams, D: int, gen: torch.Generator, err, tol: dict) -> dict:
-    """rasterize_to_pixels: triton vs torch, outputs and the four input gradients."""
+    """rasterize_to_pixels_torch: triton vs torch, outputs and the four input gradients."""
     dev = scene["means"].device
     inputs, isect, W, H = _stage_inputs(scene, cams, D, gen, dev)
     results = []
     cot = None
-    for fn in (ksplat.rasterize_to_pixels_triton, rasterize_to_pixels):
+    for fn in (ksplat.rasterize_to_pixels_triton, rasterize_to_pixels_torch):
         ins = [x.clone().requires_grad_(True) for x in inputs]
         img, alpha = fn(*ins, W, H, 16, isect["flatten_ids"], isect["offsets"])
         if cot is None:
@@ -102,14 +102,14 @@ def check_pipeline(scene: dict, cams, gen: torch.Generator, err, tol: dict, feat
 
 
 def check_project(scene: dict, cams, gen: torch.Generator, err, tol: dict, mip_filter: bool) -> dict:
-    """project_gaussians: triton vs torch, outputs and the four input gradients. Culled Gaussians (behind the
+    """project_gaussians_torch: triton vs torch, outputs and the four input gradients. Culled Gaussians (behind the
     camera) get a depth cotangent only (the kernel's documented contract; the rasterizer never reads them)."""
     dev = scene["means"].device
     W, H = int(cams.width[0]), int(cams.height[0])
     viewmats = torch.linalg.inv(cams.c2w)
     keys, outs = ("means", "quats", "scales", "opacities"), ("means2d", "conics", "depths", "opacities")
     results, cot = [], None
-    for fn in (kproject.project_gaussians_triton, project_gaussians):
+    for fn in (kproject.project_gaussians_triton, project_gaussians_torch):
         ins = [scene[k].clone().requires_grad_(True) for k in keys]
         out = fn(*ins, viewmats, cams.K, W, H, mip_filter=mip_filter)
         if cot is None:

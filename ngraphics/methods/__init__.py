@@ -11,9 +11,11 @@ from __future__ import annotations
 from ngraphics.errors import ConfigError, choice_message
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method, Sampler
 from ngraphics.methods.nerf import NeRF
+from ngraphics.methods.splat import Splat
 
 METHODS: dict[str, type[Method]] = {
     "nerf": NeRF,
+    "splat": Splat,
 }
 
 
@@ -24,4 +26,4 @@ def method_class(name: object, where: str = "method") -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "SINGLE_PROCESS", "Dist", "Method", "NeRF", "Sampler", "method_class"]
+__all__ = ["METHODS", "SINGLE_PROCESS", "Dist", "Method", "NeRF", "Sampler", "Splat", "method_class"]

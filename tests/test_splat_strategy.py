@@ -98,7 +98,7 @@ def test_default_strategy_counts_on_a_hand_built_state():
     state["grad2d"] = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
     state["count"] = torch.tensor([1000.0, 1.0, 10.0, 10.0, 1.0, 1.0])  # row 0: mean 0.001 > 0.0002
     counts = strategy.grow(params, opt, state, scene_scale=1.0)
-    assert counts == {"cloned": 2, "split": 1}  # rows 0, 2 cloned (small), row 3 split (large)
+    assert counts == {"n_cloned": 2, "n_split": 1}  # rows 0, 2 cloned (small), row 3 split (large)
     assert len(params["means"]) == 6 + 2 + 1
     assert strategy.prune(params, opt, step=10, scene_scale=1.0) == 1
     assert len(params["means"]) == 8
@@ -145,7 +145,7 @@ def test_mcmc_relocates_dead_and_grows_to_budget():
     params["opacities"].data[:5] = -20.0  # dead
     strategy = MCMCStrategy(cap_max=22, refine_start=0, refine_every=1, noise_lr=0.0)
     counts = strategy.step_post_backward(params, opt, strategy.initialize_state(), 1, {}, lr=1e-3)
-    assert counts == {"relocated": 5, "added": 1}
+    assert counts == {"n_relocated": 5, "n_added": 1}
     assert len(params["means"]) == 21
     assert (torch.sigmoid(params["opacities"]) > 0.005).all()
     for row in list(range(5)) + [20]:  # relocated and added rows copy a live Gaussian and start fresh

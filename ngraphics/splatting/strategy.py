@@ -172,14 +172,14 @@ class DefaultStrategy:
     def step_post_backward(self, params: Params, optimizer: torch.optim.Optimizer, state: dict[str, Any],
                            step: int, info: dict[str, torch.Tensor], scene_scale: float) -> dict[str, int]:
         """After backward (and the optimizer step): accumulate, refine, reset. Returns counts of this step's
-        cloned / split / pruned Gaussians (all 0 when it did not refine)."""
-        counts = {"cloned": 0, "split": 0, "pruned": 0}
+        n_cloned, n_split, n_pruned Gaussians (all 0 when it did not refine)."""
+        counts = {"n_cloned": 0, "n_split": 0, "n_pruned": 0}
         if step >= self.refine_stop:
             return counts
         self.accumulate(state, info)
         if step > self.refine_start and step % self.refine_every == 0:
             counts.update(self.grow(params, optimizer, state, scene_scale))
-            counts["pruned"] = self.prune(params, optimizer, step, scene_scale)
+            counts["n_pruned"] = self.prune(params, optimizer, step, scene_scale)
             check_gaussians(params, f"step {step}")
             state["grad2d"] = torch.zeros(len(params["means"]), device=params["means"].device)
             state["count"] = torch.zeros_like(state["grad2d"])
@@ -197,7 +197,7 @@ class DefaultStrategy:
         n_clone = int(clone.sum())
         to_split = torch.cat([to_split, torch.zeros(n_clone, dtype=torch.bool, device=to_split.device)])
         split(params, optimizer, to_split, self.revised_opacity)
-        return {"cloned": n_clone, "split": int(to_split.sum())}
+        return {"n_cloned": n_clone, "n_split": int(to_split.sum())}
 
     def prune(self, params: Params, optimizer: torch.optim.Optimizer, step: int, scene_scale: float) -> int:
         """Remove transparent Gaussians and, after the first opacity reset, huge ones; returns how many."""
@@ -238,11 +238,11 @@ class MCMCStrategy:
     def step_post_backward(self, params: Params, optimizer: torch.optim.Optimizer, state: dict[str, Any],
                            step: int, info: dict[str, torch.Tensor], lr: float) -> dict[str, int]:
         """After the optimizer step: relocate and grow (on refine steps), then add position noise.
-        lr: the current position learning rate. Returns {"relocated": n, "added": n}."""
-        counts = {"relocated": 0, "added": 0}
+        lr: the current position learning rate. Returns {"n_relocated": n, "n_added": n}."""
+        counts = {"n_relocated": 0, "n_added": 0}
         if self.refine_start < step < self.refine_stop and step % self.refine_every == 0:
-            counts["relocated"] = self.relocate(params, optimizer)
-            counts["added"] = self.add(params, optimizer)
+            counts["n_relocated"] = self.relocate(params, optimizer)
+            counts["n_added"] = self.add(params, optimizer)
         self.inject_noise(params, lr)
         return counts
 

@@ -186,4 +186,5 @@ def test_cuda_train_steps_triton_matches_torch(scene):
             out = m.train_step({**sampler.sample(), "step": step, "progress": step / 5})
             assert math.isfinite(float(out["loss"]))
     assert results["auto"][0] == pytest.approx(results["torch"][0], rel=1e-4)
-    assert torch.allclose(results["auto"][1], results["torch"][1], rtol=1e-3, atol=1e-9)
+    a, b = results["auto"][1], results["torch"][1]
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))

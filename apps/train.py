@@ -4,6 +4,8 @@
     ngraphics train nerf/lego --data path/to/nerf_synthetic/lego
     ngraphics train configs/nerf/fox.yaml --data path/to/fox --set trainer.time_budget_s=60
     ngraphics train --resume runs/nerf-lego-20261124-101500 --set trainer.steps=40000
+    ngraphics train --method splat                    # configs/splat/default.yaml
+    ngraphics train splat/lego --data path/to/lego --init trained.ply     # fine-tune a splat file
 
 CONFIG is a YAML file or a bundled name (nerf/default, nerf/lego, nerf/fox, nerf/colmap); lego, fox and colmap
 are sized for a CUDA GPU: started on a CPU they print the `--set` flags that make them CPU-sized. `--set key=value`
@@ -22,6 +24,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config or bundled name (default: nerf/default)")
+    parser.add_argument("--method", help="train configs/<METHOD>/default.yaml (instead of CONFIG)")
+    parser.add_argument("--init", metavar="FILE", help="start from a splat file: .ply, .splat or .spz (sets model.init)")
     parser.add_argument("--data", metavar="PATH", help="dataset folder or file (sets data.path)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set trainer.steps=2000 (repeatable)")
@@ -51,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + (["trainer.progress=false"] if args.quiet else [])
     overrides += ["trainer.check_finite=true"] if args.check_finite else []
+    if args.init:
+        overrides.append(f"model.init={Path(args.init).resolve()}")
+    if args.method:
+        if args.config:
+            raise ConfigError(f"--method {args.method} picks configs/{args.method}/default.yaml; drop CONFIG or --method")
+        args.config = f"{args.method}/default"
     if args.resume:
         if args.config:
             raise ConfigError("--resume takes the config from the run folder; drop CONFIG (use --set to change keys)")

@@ -12,10 +12,12 @@ from ngraphics.errors import ConfigError, choice_message
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method, Sampler
 from ngraphics.methods.nerf import NeRF
 from ngraphics.methods.neus import Neus
+from ngraphics.methods.splat import Splat
 
 METHODS: dict[str, type[Method]] = {
     "nerf": NeRF,
     "neus": Neus,
+    "splat": Splat,
 }
 
 
@@ -26,4 +28,4 @@ def method_class(name: object, where: str = "method") -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "SINGLE_PROCESS", "Dist", "Method", "NeRF", "Neus", "Sampler", "method_class"]
+__all__ = ["METHODS", "SINGLE_PROCESS", "Dist", "Method", "NeRF", "Neus", "Sampler", "Splat", "method_class"]

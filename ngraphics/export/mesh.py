@@ -15,12 +15,14 @@ an empty or degenerate mesh. Files go through `ngraphics.io.atomic`: never a hal
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ngraphics.errors import ConfigError, DataError
 from ngraphics.io.atomic import atomic_write_bytes
@@ -68,8 +70,10 @@ def sdf_grid(sdf_fn: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tenso
     out = np.empty((resolution,) * 3, dtype=np.float32)
     slab = max(1, chunk // (resolution * resolution))  # x-slices per chunk
     yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
+    starts = range(0, resolution, slab)
     with torch.no_grad():
-        for i in range(0, resolution, slab):
+        for i in tqdm(starts, desc="sampling the SDF", unit="slab", leave=False, file=sys.stderr,
+                      disable=len(starts) < 4):
             xs = axes[0][i : i + slab]
             pts = torch.cat([xs.repeat_interleave(yz.shape[0])[:, None], yz.repeat(len(xs), 1)], -1)
             values = sdf_fn(pts.to(device=device, dtype=torch.float32))

@@ -155,7 +155,7 @@ class Viewer:
                 handle.on_update(lambda _: self._crop_changed())
         gui.add_button("Screenshot (PNG into the run folder)").on_click(
             lambda event: self._request("screenshot", event.client))
-        for kind in getattr(self.method, "exports", ()):
+        for kind in self.method.exports:
             gui.add_button(f"Export {kind}").on_click(lambda event, kind=kind: self._request(kind, event.client))
         self._share = self._pause = self._plots = None
         if training:

@@ -194,8 +194,6 @@ class Trainer:
                     batch["step"], batch["progress"] = self.step, self.progress()
                     losses = self.method.train_step(batch)
                     self.step += 1
-                for hook in self.hooks:
-                    hook(self, self.step, losses)
                 log_now = self.step % t.log_every == 0 or self._done()
                 if log_now:
                     self._sync()
@@ -209,6 +207,8 @@ class Trainer:
                 self.elapsed += dt
                 log_time += dt
                 log_count += self.sampler.count(batch)
+                for hook in self.hooks:  # after the clock: a viewer's rendering is not training time
+                    hook(self, self.step, losses)
                 if log_now and main:
                     self._log_train(last, unit, log_count / max(log_time, 1e-9))
                     bar.set_postfix_str(_postfix(last, log_count, log_time, unit))

@@ -49,12 +49,13 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
         overrides.append(f"data.path={args.data}")
     trainer = Trainer(load_run_config(find_config(args.config), overrides), RunFolder(root / name))
     if client is None:
+        trainer.hooks.append(clock := _WallClock())
         trainer.train()
-        return {"steps_per_s": trainer.step / trainer.elapsed}
+        return {"steps_per_s": clock.steps_per_s()}
     viewer = Viewer(trainer.method, trainer.train_scene, trainer.run.path,
                     ViewerConfig(port=args.port, max_resolution=args.resolution, render_share=args.share),
                     lock=trainer.lock, training=True)
-    trainer.hooks.append(viewer)
+    trainer.hooks += [viewer, clock := _WallClock()]  # the clock after the viewer: its renders count
     stop = threading.Event()
     try:
         with headless_chromium(args.resolution + 400, args.resolution + 150) as driver:
@@ -69,7 +70,7 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
             trainer.train()
             stop.set()
             frames = sum(v.frames for v in viewer.views.values())
-            result = {"steps_per_s": trainer.step / trainer.elapsed, "frames": frames}
+            result = {"steps_per_s": clock.steps_per_s(), "frames": frames}
             if client == "still":
                 result.update(_interactive(viewer, trainer))
             return result
@@ -100,6 +101,21 @@ def _interactive(viewer, trainer) -> dict:
     full_at = next((t for v, t, full in reversed(view.log) if full), float("nan"))
     return {"moving_fps": moving_fps, "moving_size": small, "full_size": view.last_size,
             "still_to_full_s": full_at - stopped}
+
+
+class _WallClock:
+    """A trainer hook noting the wall time after each step (hooks run outside the training clock, so the
+    trainer's own `elapsed` leaves the viewer's rendering out; steps/s with a viewer must count it)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, trainer, step: int, losses: dict) -> None:
+        self.times.append(time.perf_counter())
+
+    def steps_per_s(self) -> float:
+        """Steps per wall second between the first and the last step (the first step's compile left out)."""
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,3 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

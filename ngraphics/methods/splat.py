@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from ngraphics.cameras import Cameras
 from ngraphics.data.batches import ViewSampler
@@ -33,7 +32,7 @@ from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError, DataError
 from ngraphics.io.splat_files import FORMATS, Splats, read_splats, write_splats
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
-from ngraphics.metrics.image import psnr_from_mse
+from ngraphics.metrics.image import psnr_from_mse, ssim_map
 from ngraphics.splatting import rasterization
 from ngraphics.splatting.strategy import DefaultStrategy, MCMCStrategy, check_gaussians
 
@@ -95,21 +94,9 @@ class SplatConfig:
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """1 - mean SSIM of two (H, W, C) images (Gaussian window, 'valid' region: the same number as
-    `ngraphics.metrics.image.ssim`, but differentiable and in the inputs' dtype). H, W >= window."""
-    x, y = pred.permute(2, 0, 1)[:, None], target.permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    t = torch.arange(window, dtype=pred.dtype, device=pred.device) - (window - 1) / 2
-    g = torch.exp(-t * t / (2 * sigma * sigma))
-    g = g / g.sum()
-
-    def blur(img):
-        return F.conv2d(F.conv2d(img, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
-
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return 1.0 - s.mean()
+    """1 - mean SSIM of two (H, W, C) images (`ngraphics.metrics.image.ssim_map`: the same number as `ssim`,
+    but differentiable and in the inputs' dtype). H, W >= window."""
+    return 1.0 - ssim_map(pred, target, window=window, sigma=sigma).mean()
 
 
 def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:

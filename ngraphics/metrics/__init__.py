@@ -3,6 +3,6 @@
 Sits below `ngraphics.methods`, so a method's own `metrics(...)` can use them.
 """
 
-from ngraphics.metrics.image import psnr, psnr_from_mse, ssim
+from ngraphics.metrics.image import psnr, psnr_from_mse, ssim, ssim_map
 
-__all__ = ["psnr", "psnr_from_mse", "ssim"]
+__all__ = ["psnr", "psnr_from_mse", "ssim", "ssim_map"]

@@ -51,18 +51,13 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, de
     return g / g.sum()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> float:
-    """Structural similarity of two images in [0, 1].
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The SSIM map of two (H, W, C) images over the 'valid' region, differentiable, in the inputs' dtype.
 
-    Args:
-        pred, target: (H, W, C) float images, H and W >= window (pred is clamped to [0, 1]).
-    Returns: mean SSIM in [-1, 1], 1 for identical images.
-    """
-    if pred.shape != target.shape or pred.dim() != 3:
-        raise ValueError(f"ssim: expected two (H, W, C) images of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
-    x = pred.clamp(0, 1).double().permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    y = target.double().permute(2, 0, 1)[:, None]
-    g = _gaussian_window(window, sigma, device=x.device)
+    Returns: (C, 1, H - window + 1, W - window + 1); its mean is the SSIM (`ssim`), 1 - its mean the D-SSIM
+    loss of 3DGS. No clamping: callers decide the range."""
+    x, y = pred.permute(2, 0, 1)[:, None], target.permute(2, 0, 1)[:, None]  # (C, 1, H, W)
+    g = _gaussian_window(window, sigma, dtype=pred.dtype, device=pred.device)
 
     def blur(img: torch.Tensor) -> torch.Tensor:  # separable, 'valid' region only
         img = F.conv2d(img, g.view(1, 1, -1, 1))
@@ -73,5 +68,16 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: f
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(s.mean())
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity of two images in [0, 1], computed in float64.
+
+    Args:
+        pred, target: (H, W, C) float images, H and W >= window (pred is clamped to [0, 1]).
+    Returns: mean SSIM in [-1, 1], 1 for identical images.
+    """
+    if pred.shape != target.shape or pred.dim() != 3:
+        raise ValueError(f"ssim: expected two (H, W, C) images of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    return float(ssim_map(pred.clamp(0, 1).double(), target.double(), window=window, sigma=sigma).mean())

@@ -55,21 +55,28 @@ def _splat_alpha(mu_ptr, con_ptr, opa_ptr, g, px, py):
 
 
 @triton.jit
-def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, out_ptr, alpha_ptr, T_ptr,
-                          last_ptr, W, H, tiles_x, tiles_per_cam, D,
-                          TILE: tl.constexpr, CB: tl.constexpr):
-    t = tl.program_id(0)
-    cb = tl.program_id(1)
+def _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr):
+    """The pixels of tile program t (tiles of all cameras in a row) and the channels of channel block cb:
+    flat pixel index (cam, v, u) in int64, which lanes lie inside the image, pixel centres px, py, the
+    channel indices and which exist. Shared by the forward and the backward kernel."""
     cam = t // tiles_per_cam
     rest = t % tiles_per_cam
     lane = tl.arange(0, TILE * TILE)
     u = (rest % tiles_x) * TILE + lane % TILE
     v = (rest // tiles_x) * TILE + lane // TILE
     inside = (u < W) & (v < H)
-    px = u.to(tl.float32) + 0.5
-    py = v.to(tl.float32) + 0.5
+    pix = (cam * H + v).to(tl.int64) * W + u
     ch = cb * CB + tl.arange(0, CB)
-    ch_ok = ch < D
+    return pix, inside, u.to(tl.float32) + 0.5, v.to(tl.float32) + 0.5, ch, ch < D
+
+
+@triton.jit
+def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, out_ptr, alpha_ptr, T_ptr,
+                          last_ptr, W, H, tiles_x, tiles_per_cam, D,
+                          TILE: tl.constexpr, CB: tl.constexpr):
+    t = tl.program_id(0)
+    cb = tl.program_id(1)
+    pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
     start = tl.load(offsets_ptr + t)
     end = tl.load(offsets_ptr + t + 1)
     T = tl.full([TILE * TILE], 1.0, tl.float32)
@@ -92,7 +99,6 @@ def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
         last = tl.where(use, (i - start + 1).to(tl.int32), last)
         all_done = tl.min(done.to(tl.int32), axis=0) > 0
         i = tl.where(all_done, end, i + 1)
-    pix = (cam * H + v).to(tl.int64) * W + u
     tl.store(out_ptr + pix[:, None] * D + ch[None, :], acc, mask=inside[:, None] & ch_ok[None, :])
     if cb == 0:
         tl.store(alpha_ptr + pix, 1.0 - T, mask=inside)
@@ -106,17 +112,7 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
                           W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr):
     t = tl.program_id(0)
     cb = tl.program_id(1)
-    cam = t // tiles_per_cam
-    rest = t % tiles_per_cam
-    lane = tl.arange(0, TILE * TILE)
-    u = (rest % tiles_x) * TILE + lane % TILE
-    v = (rest // tiles_x) * TILE + lane // TILE
-    inside = (u < W) & (v < H)
-    px = u.to(tl.float32) + 0.5
-    py = v.to(tl.float32) + 0.5
-    ch = cb * CB + tl.arange(0, CB)
-    ch_ok = ch < D
-    pix = (cam * H + v).to(tl.int64) * W + u
+    pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
     start = tl.load(offsets_ptr + t)
     T_final = tl.load(T_ptr + pix, mask=inside, other=1.0)
     last = tl.load(last_ptr + pix, mask=inside, other=0)

@@ -2,15 +2,13 @@
 `ngraphics.splatting.rasterize.rasterize_to_pixels_torch` (same arguments, same outputs), forward and backward.
 
 Layout: one program per (camera, tile) and block of CB output channels; its 16 x 16 = 256 lanes are the
-tile's pixels. It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]]) in chunks
-of B (`TUNING["gaussians"]`), front to back, as (pixels, B) blocks like the reference: the chunk's
-transmittances are one cumulative product along the chunk, its colour sums one (P, B) x (B, CB) tl.dot, and
-the program stops once every pixel is done (checked once per chunk, not per Gaussian). Channel blocks split
-any channel count D (colour + features + depth) into programs of CB accumulators per pixel (CB >= 16 for
-tl.dot; unused channels are masked); each recomputes the same alphas, so the per-pixel state is small and
-extra feature channels never touch the core. Block 0 also writes alpha and the per-pixel state the backward
-needs: T_final and `last`, the count of the tile's Gaussians up to and including the last one blended (the
-first one past the stop is never blended).
+tile's pixels. It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]]) one at a
+time, front to back, and stops once every pixel is done (3DGS/gsplat's shape, without their shared-memory
+batches). Channel blocks split any channel count D (colour + features + depth) into programs of at most
+`TUNING["channels"]` accumulators per pixel; each recomputes the same alphas (cheap next to the colour
+loads) so the per-pixel state is small and extra feature channels never touch the core. Block 0 also
+writes alpha and the per-pixel state the backward needs: T_final and `last`, the count of the tile's
+Gaussians up to and including the last one blended (the first one past the stop is never blended).
 
 Maths (per pixel p, Gaussian i of the tile in depth order; see the reference's module doc):
 
@@ -18,19 +16,15 @@ Maths (per pixel p, Gaussian i of the tile in depth order; see the reference's m
     alpha = min(0.99, o exp(-sigma)), skipped when sigma < 0 or alpha < 1/255
     stop before the first i with T (1 - alpha) <= 1e-4;   out = sum_i T_i alpha_i c_i,   A = 1 - T_final
 
-Backward (gsplat's `rasterize_to_pixels_bwd`, in chunks): walk the chunks back to front from `last`; a chunk's
-transmittances come from the one behind it, T_before = T_after / prod_chunk (1 - alpha) (alpha <= 0.99
-keeps it finite, and T_after > 1e-4), T_i = T_before prod_{j < i in chunk} (1 - alpha_j); only
-R = gOut . S, S = sum_{j > i} w_j c_j, is carried (one number per pixel, whatever D), summed inside the
-chunk as a reversed cumulative sum of w_j (gOut . c_j):
+Backward (gsplat's `rasterize_to_pixels_bwd`): walk back to front from `last`, recovering T_i =
+T_{i+1} / (1 - alpha_i) (alpha <= 0.99 keeps it finite) and carrying S = sum_{j > i} w_j c_j per channel:
 
     dL/dc_i      = sum_p w_i gOut_p                                     (w_i = T_i alpha_i)
     dL/dalpha_i  = gOut . (T_i c_i - S / (1 - alpha_i)) + gA T_final / (1 - alpha_i)
     dL/do_i      = dL/dalpha_i exp(-sigma),  dL/dsigma = -dL/dalpha_i alpha_i   (0 where alpha is clamped)
     dsigma/dmean = (a dx + b dy, b dx + c dy),  dsigma/d(a, b, c) = (dx^2 / 2, dx dy, dy^2 / 2)
 
-Each program sums its pixels' terms per chunk ((P, B) -> (B,) reductions, d colour as tl.dot) and adds them
-to the Gaussians' gradients with one vector of fp32 atomics per chunk and quantity; the
+Each program sums its pixels' terms and adds them to the Gaussian's gradient with fp32 atomics; the
 channel blocks' dL/dalpha terms add up (they are linear in the channels), block 0 adds the alpha term.
 """
 
@@ -40,32 +34,24 @@ import torch
 import triton
 import triton.language as tl
 
-# Gaussians per chunk (B), channels per program (CB, at least 16: the chunk's colour sums are tl.dot's, which
-# need 16 on every side), warps. Not swept yet.
-TUNING = {"gaussians": 16, "channels": 16, "warps": 4}
+# Channels per program. Not measured yet: 16 keeps the forward's (256, CB) accumulator and the backward's
+# S buffer within registers with 4 warps (rgb + depth = 4 channels runs one block).
+TUNING = {"channels": 16, "warps": 4}
 # The reference's constants (ngraphics/splatting/rasterize.py), as constexpr globals the kernels may read.
 ALPHA_MAX, ALPHA_MIN, T_MIN = tl.constexpr(0.99), tl.constexpr(1.0 / 255.0), tl.constexpr(1e-4)
 
 
 @triton.jit
-def _chunk_alpha(mu_ptr, con_ptr, opa_ptr, ids_ptr, idx, ok, px, py):
-    """Gaussians idx (B,) of the tile's sorted list (ok: which exist) at the tile's pixel centres px, py (P,):
-    their ids g (B,), and (P, B) blocks: alpha (clamped at ALPHA_MAX; 0 where skipped), raw o exp(-sigma),
-    sigma, dx, dy; conic rows a, b, c (B,)."""
-    g = tl.load(ids_ptr + idx, mask=ok, other=0)
-    mx = tl.load(mu_ptr + g * 2, mask=ok, other=0.0)
-    my = tl.load(mu_ptr + g * 2 + 1, mask=ok, other=0.0)
-    a = tl.load(con_ptr + g * 3, mask=ok, other=0.0)
-    b = tl.load(con_ptr + g * 3 + 1, mask=ok, other=0.0)
-    c = tl.load(con_ptr + g * 3 + 2, mask=ok, other=0.0)
-    o = tl.load(opa_ptr + g, mask=ok, other=0.0)
-    dx = mx[None, :] - px[:, None]
-    dy = my[None, :] - py[:, None]
-    sigma = 0.5 * (a[None, :] * dx * dx + c[None, :] * dy * dy) + b[None, :] * dx * dy
-    raw = o[None, :] * tl.exp(-sigma)
-    alpha = tl.minimum(raw, ALPHA_MAX)
-    alpha = tl.where(ok[None, :] & (sigma >= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
-    return g, alpha, raw, sigma, dx, dy, a, b, c
+def _splat_alpha(mu_ptr, con_ptr, opa_ptr, g, px, py):
+    """alpha (clamped), the unclamped value, sigma, dx, dy of Gaussian g at pixel centres (px, py)."""
+    dx = tl.load(mu_ptr + g * 2) - px
+    dy = tl.load(mu_ptr + g * 2 + 1) - py
+    a = tl.load(con_ptr + g * 3)
+    b = tl.load(con_ptr + g * 3 + 1)
+    c = tl.load(con_ptr + g * 3 + 2)
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    raw = tl.load(opa_ptr + g) * tl.exp(-sigma)
+    return tl.minimum(raw, ALPHA_MAX), raw, sigma, dx, dy, a, b, c
 
 
 @triton.jit
@@ -87,7 +73,7 @@ def _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB:
 @triton.jit
 def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, out_ptr, alpha_ptr, T_ptr,
                           last_ptr, W, H, tiles_x, tiles_per_cam, D,
-                          TILE: tl.constexpr, CB: tl.constexpr, B: tl.constexpr):
+                          TILE: tl.constexpr, CB: tl.constexpr):
     t = tl.program_id(0)
     cb = tl.program_id(1)
     pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
@@ -99,22 +85,20 @@ def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
     acc = tl.zeros([TILE * TILE, CB], dtype=tl.float32)
     i = start
     while i < end:
-        idx = i + tl.arange(0, B)
-        ok = idx < end
-        g, alpha, raw, sigma, dx, dy, a, b, c = _chunk_alpha(mu_ptr, con_ptr, opa_ptr, ids_ptr, idx, ok, px, py)
-        alpha = tl.where(done[:, None], 0.0, alpha)
-        trans = T[:, None] * tl.cumprod(1.0 - alpha, axis=1)  # (P, B): T after each Gaussian
-        keep = trans > T_MIN  # a prefix of the chunk: trans never grows
-        used = keep & (alpha > 0.0)
-        w = tl.where(used, alpha * (trans / (1.0 - alpha)), 0.0)  # alpha_i T_i
-        col = tl.load(col_ptr + g[:, None] * D + ch[None, :], mask=ok[:, None] & ch_ok[None, :], other=0.0)
-        acc += tl.dot(w, col, input_precision="ieee")
-        rank = (idx - start + 1).to(tl.int32)
-        last = tl.maximum(last, tl.max(tl.where(used, rank[None, :], 0), axis=1))
-        T = tl.min(tl.where(used, trans, T[:, None]), axis=1)
-        done = done | (tl.max(((alpha > 0.0) & ~keep).to(tl.int32), axis=1) > 0)
+        g = tl.load(ids_ptr + i)
+        alpha, raw, sigma, dx, dy, a, b, c = _splat_alpha(mu_ptr, con_ptr, opa_ptr, g, px, py)
+        use = (~done) & (sigma >= 0) & (alpha >= ALPHA_MIN)
+        next_T = T * (1.0 - alpha)
+        stop = use & (next_T <= T_MIN)
+        done = done | stop
+        use = use & (~stop)
+        col = tl.load(col_ptr + g * D + ch, mask=ch_ok, other=0.0)  # (CB,)
+        w = tl.where(use, alpha * T, 0.0)
+        acc += w[:, None] * col[None, :]
+        T = tl.where(use, next_T, T)
+        last = tl.where(use, (i - start + 1).to(tl.int32), last)
         all_done = tl.min(done.to(tl.int32), axis=0) > 0
-        i = tl.where(all_done, end, i + B)
+        i = tl.where(all_done, end, i + 1)
     tl.store(out_ptr + pix[:, None] * D + ch[None, :], acc, mask=inside[:, None] & ch_ok[None, :])
     if cb == 0:
         tl.store(alpha_ptr + pix, 1.0 - T, mask=inside)
@@ -125,50 +109,42 @@ def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
 @triton.jit
 def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, T_ptr, last_ptr,
                           g_out_ptr, g_alpha_ptr, d_mu_ptr, d_con_ptr, d_col_ptr, d_opa_ptr,
-                          W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr,
-                          B: tl.constexpr):
+                          W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr):
     t = tl.program_id(0)
     cb = tl.program_id(1)
     pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
     start = tl.load(offsets_ptr + t)
     T_final = tl.load(T_ptr + pix, mask=inside, other=1.0)
     last = tl.load(last_ptr + pix, mask=inside, other=0)
-    g_out = tl.load(g_out_ptr + pix[:, None] * D + ch[None, :], mask=inside[:, None] & ch_ok[None, :], other=0.0)
+    pix_ch = pix[:, None] * D + ch[None, :]
+    g_out = tl.load(g_out_ptr + pix_ch, mask=inside[:, None] & ch_ok[None, :], other=0.0)
     g_alpha = tl.load(g_alpha_ptr + pix, mask=inside, other=0.0)
     g_alpha = tl.where(cb == 0, g_alpha, 0.0)  # block 0 owns the alpha term
-    n = tl.max(last, axis=0)  # the tile's Gaussians past this are blended into no pixel
-    T_after = T_final  # (P,): transmittance behind the chunk
-    R_after = tl.zeros([TILE * TILE], dtype=tl.float32)  # (P,): gOut . S, S = sum of w c behind the chunk
-    k = (n + B - 1) // B - 1
-    while k >= 0:  # chunks back to front
-        idx = start + k * B + tl.arange(0, B)
-        ok = idx < start + n
-        g, alpha, raw, sigma, dx, dy, a, b, c = _chunk_alpha(mu_ptr, con_ptr, opa_ptr, ids_ptr, idx, ok, px, py)
-        alpha = tl.where((idx - start)[None, :] < last[:, None], alpha, 0.0)  # blended ones only
+    T = T_final
+    S = tl.zeros([TILE * TILE, CB], dtype=tl.float32)
+    i = start + tl.max(last, axis=0) - 1
+    while i >= start:
+        g = tl.load(ids_ptr + i)
+        alpha, raw, sigma, dx, dy, a, b, c = _splat_alpha(mu_ptr, con_ptr, opa_ptr, g, px, py)
+        use = ((i - start) < last) & (sigma >= 0) & (alpha >= ALPHA_MIN)
         ra = 1.0 / (1.0 - alpha)
-        prod = tl.cumprod(1.0 - alpha, axis=1)  # (P, B)
-        T_before = T_after / tl.min(prod, axis=1)  # (P,): the chunk's whole product is its smallest
-        T = T_before[:, None] * prod * ra  # (P, B): T_i, transmittance in front of Gaussian i
-        w = alpha * T
-        col = tl.load(col_ptr + g[:, None] * D + ch[None, :], mask=ok[:, None] & ch_ok[None, :], other=0.0)
-        q = tl.dot(g_out, tl.trans(col), input_precision="ieee")  # (P, B): gOut . c_i
-        wq = w * q
-        R = R_after[:, None] + tl.sum(wq, axis=1)[:, None] - tl.cumsum(wq, axis=1)  # gOut . S_i, S_i behind i
-        d_alpha = T * q - R * ra + (g_alpha * T_final)[:, None] * ra
-        d_alpha = tl.where((alpha > 0.0) & (raw <= ALPHA_MAX), d_alpha, 0.0)
+        T = tl.where(use, T * ra, T)  # T_i
+        w = tl.where(use, alpha * T, 0.0)
+        col = tl.load(col_ptr + g * D + ch, mask=ch_ok, other=0.0)  # (CB,)
+        d_col = tl.sum(w[:, None] * g_out, axis=0)  # (CB,)
+        tl.atomic_add(d_col_ptr + g * D + ch, d_col, mask=ch_ok)
+        d_alpha = tl.sum(g_out * (T[:, None] * col[None, :] - S * ra[:, None]), axis=1)
+        d_alpha += g_alpha * T_final * ra
+        d_alpha = tl.where(use & (raw <= ALPHA_MAX), d_alpha, 0.0)
         d_sigma = -d_alpha * alpha
-        d_col = tl.dot(tl.trans(w), g_out, input_precision="ieee")  # (B, CB)
-        tl.atomic_add(d_col_ptr + g[:, None] * D + ch[None, :], d_col, mask=ok[:, None] & ch_ok[None, :])
-        tl.atomic_add(d_opa_ptr + g, tl.sum(d_alpha * tl.exp(-sigma), axis=0), mask=ok)
-        tl.atomic_add(d_mu_ptr + g * 2, tl.sum(d_sigma * (a[None, :] * dx + b[None, :] * dy), axis=0), mask=ok)
-        tl.atomic_add(d_mu_ptr + g * 2 + 1, tl.sum(d_sigma * (b[None, :] * dx + c[None, :] * dy), axis=0),
-                      mask=ok)
-        tl.atomic_add(d_con_ptr + g * 3, tl.sum(d_sigma * 0.5 * dx * dx, axis=0), mask=ok)
-        tl.atomic_add(d_con_ptr + g * 3 + 1, tl.sum(d_sigma * dx * dy, axis=0), mask=ok)
-        tl.atomic_add(d_con_ptr + g * 3 + 2, tl.sum(d_sigma * 0.5 * dy * dy, axis=0), mask=ok)
-        T_after = T_before
-        R_after = R_after + tl.sum(wq, axis=1)
-        k -= 1
+        tl.atomic_add(d_opa_ptr + g, tl.sum(d_alpha * tl.exp(-sigma), axis=0))
+        tl.atomic_add(d_mu_ptr + g * 2, tl.sum(d_sigma * (a * dx + b * dy), axis=0))
+        tl.atomic_add(d_mu_ptr + g * 2 + 1, tl.sum(d_sigma * (b * dx + c * dy), axis=0))
+        tl.atomic_add(d_con_ptr + g * 3, tl.sum(d_sigma * 0.5 * dx * dx, axis=0))
+        tl.atomic_add(d_con_ptr + g * 3 + 1, tl.sum(d_sigma * dx * dy, axis=0))
+        tl.atomic_add(d_con_ptr + g * 3 + 2, tl.sum(d_sigma * 0.5 * dy * dy, axis=0))
+        S += w[:, None] * col[None, :]
+        i -= 1
 
 
 class RasterizeFn(torch.autograd.Function):
@@ -184,12 +160,12 @@ class RasterizeFn(torch.autograd.Function):
         alpha = torch.empty(C, height, width, 1, dtype=torch.float32, device=dev)
         T = torch.empty(C, height, width, dtype=torch.float32, device=dev)
         last = torch.empty(C, height, width, dtype=torch.int32, device=dev)
-        cb = max(16, min(TUNING["channels"], triton.next_power_of_2(D)))
+        cb = min(TUNING["channels"], triton.next_power_of_2(D))
         grid = (C * tiles_x * tiles_y, triton.cdiv(D, cb))
         if C * height * width:
             _rasterize_fwd_kernel[grid](means2d, conics, colors, opacities, flatten_ids, offsets, image,
                                         alpha, T, last, width, height, tiles_x, tiles_x * tiles_y, D,
-                                        TILE=tile_size, CB=cb, B=TUNING["gaussians"], num_warps=TUNING["warps"])
+                                        TILE=tile_size, CB=cb, num_warps=TUNING["warps"])
         ctx.save_for_backward(means2d, conics, colors, opacities, flatten_ids, offsets, T, last)
         ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb)
         return image, alpha
@@ -208,7 +184,7 @@ class RasterizeFn(torch.autograd.Function):
             _rasterize_bwd_kernel[(C * tiles_x * tiles_y, triton.cdiv(D, cb))](
                 means2d, conics, colors, opacities, flatten_ids, offsets, T, last, g_image, g_alpha,
                 d_mu, d_con, d_col, d_opa, width, height, tiles_x, tiles_x * tiles_y, D,
-                TILE=tile_size, CB=cb, B=TUNING["gaussians"], num_warps=TUNING["warps"])
+                TILE=tile_size, CB=cb, num_warps=TUNING["warps"])
         return d_mu, d_con, d_col, d_opa, None, None, None, None, None
 
 

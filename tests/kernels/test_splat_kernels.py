@@ -220,8 +220,8 @@ from triton.compiler import ASTSource
 from ngraphics.kernels import splat_project as P, splat_rasterize as R
 f, i64, i32 = "*fp32", "*i64", "*i32"
 cases = [
-    (R._rasterize_fwd_kernel, "TILE CB B", [{"TILE": 16, "CB": cb, "B": b} for cb in (16, 32) for b in (16, 32)]),
-    (R._rasterize_bwd_kernel, "TILE CB B", [{"TILE": 16, "CB": cb, "B": b} for cb in (16, 32) for b in (16, 32)]),
+    (R._rasterize_fwd_kernel, "TILE CB", [{"TILE": 16, "CB": cb} for cb in (1, 4, 16)]),
+    (R._rasterize_bwd_kernel, "TILE CB", [{"TILE": 16, "CB": cb} for cb in (1, 16)]),
     (P._project_fwd_kernel, "MIP BLOCK", [{"MIP": m, "BLOCK": 128} for m in (False, True)]),
     (P._project_bwd_kernel, "MIP BLOCK", [{"MIP": m, "BLOCK": 128} for m in (False, True)]),
 ]

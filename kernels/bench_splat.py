@@ -16,7 +16,7 @@ its default render_mode "RGB" (colour only) and in "RGB+ED" (colour + expected d
 gsplat's `packed` mode is timed both ways (its trainer's default is packed=False). The images of the two
 libraries are compared (mean absolute difference of rgb) as a sanity check that both rendered the same scene.
 
-`--sweep` first times ngraphics' rasterizer over its chunk sizes and warp counts (`TUNING` in
+`--sweep` first times ngraphics' rasterizer over its pixels per program and warp counts (`TUNING` in
 kernels/splat_rasterize.py) and uses the fastest; `--profile` prints where ngraphics' fwd+bwd time goes
 (CUDA kernels, torch.profiler).
 
@@ -119,18 +119,18 @@ def measure(render, scene: dict, weight: torch.Tensor, reps: int) -> dict:
 
 
 def sweep(scene: dict, width: int, height: int, weight: torch.Tensor, reps: int) -> dict:
-    """Time ngraphics' fwd+bwd for each rasterizer TUNING; set and return the fastest."""
+    """Time ngraphics' fwd+bwd for each rasterizer TUNING (pixels per program, warps); set and return the
+    fastest."""
     from ngraphics.kernels import splat_rasterize
 
     best = None
-    for gaussians in (16, 32):
-        for warps in (4, 8):
-            splat_rasterize.TUNING.update(gaussians=gaussians, warps=warps)
-            ms = measure(ours(scene, width, height), scene, weight, reps)["fwd_bwd_ms"]
-            print(f"  sweep: gaussians per chunk {gaussians:>2}, warps {warps}: fwd+bwd {ms:.2f} ms")
-            if best is None or ms < best[0]:
-                best = (ms, gaussians, warps)
-    splat_rasterize.TUNING.update(gaussians=best[1], warps=best[2])
+    for pixels, warps in ((256, 4), (256, 8), (128, 4), (64, 2), (32, 1), (64, 1), (128, 2)):
+        splat_rasterize.TUNING.update(pixels=pixels, warps=warps)
+        ms = measure(ours(scene, width, height), scene, weight, reps)["fwd_bwd_ms"]
+        print(f"  sweep: pixels per program {pixels:>3}, warps {warps}: fwd+bwd {ms:.2f} ms")
+        if best is None or ms < best[0]:
+            best = (ms, pixels, warps)
+    splat_rasterize.TUNING.update(pixels=best[1], warps=best[2])
     print(f"  sweep: using {dict(splat_rasterize.TUNING)}")
     return dict(splat_rasterize.TUNING)
 

@@ -1,9 +1,11 @@
 """Triton tile rasterizer of 2D Gaussians: `rasterize_to_pixels_triton`, the twin of
 `ngraphics.splatting.rasterize.rasterize_to_pixels_torch` (same arguments, same outputs), forward and backward.
 
-Layout: one program per (camera, tile) and block of CB output channels; its 16 x 16 = 256 lanes are the
-tile's pixels. It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]]) one at a
-time, front to back, and stops once every pixel is done (3DGS/gsplat's shape, without their shared-memory
+Layout: one program per (camera, tile, group of PIX pixels) and block of CB output channels; its PIX lanes
+are PIX consecutive pixels of the tile (all 256 of a 16 x 16 tile by default; 32 make a program one warp,
+whose per-Gaussian reductions are then shuffles without barriers, while the tile's Gaussians are read by
+each of its programs). It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]])
+one at a time, front to back, and stops once every pixel is done (3DGS/gsplat's shape, without their shared-memory
 batches). Channel blocks split any channel count D (colour + features + depth) into programs of at most
 `TUNING["channels"]` accumulators per pixel; each recomputes the same alphas (cheap next to the colour
 loads) so the per-pixel state is small and extra feature channels never touch the core. Block 0 also
@@ -34,9 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
-# Channels per program. Not measured yet: 16 keeps the forward's (256, CB) accumulator and the backward's
-# S buffer within registers with 4 warps (rgb + depth = 4 channels runs one block).
-TUNING = {"channels": 16, "warps": 4}
+# Pixels per program (a power of two dividing the tile's 256: a program takes that many consecutive pixels
+# of one tile, so smaller programs reduce over fewer lanes), channels per program, warps. 16 channels keep
+# the forward's (pixels, CB) accumulator and the backward's S buffer within registers (rgb + depth = 4
+# channels runs one block). `python -m ngraphics.kernels.bench_splat --sweep` times the choices.
+TUNING = {"pixels": 256, "channels": 16, "warps": 4}
 # The reference's constants (ngraphics/splatting/rasterize.py), as constexpr globals the kernels may read.
 ALPHA_MAX, ALPHA_MIN, T_MIN = tl.constexpr(0.99), tl.constexpr(1.0 / 255.0), tl.constexpr(1e-4)
 
@@ -55,34 +59,36 @@ def _splat_alpha(mu_ptr, con_ptr, opa_ptr, g, px, py):
 
 
 @triton.jit
-def _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr):
-    """The pixels of tile program t (tiles of all cameras in a row) and the channels of channel block cb:
-    flat pixel index (cam, v, u) in int64, which lanes lie inside the image, pixel centres px, py, the
-    channel indices and which exist. Shared by the forward and the backward kernel."""
+def _tile_pixels(pid, cb, W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr,
+                 PIX: tl.constexpr):
+    """Program pid's tile t (tiles of all cameras in a row; PIX consecutive pixels of it per program) and the
+    channels of channel block cb: t, flat pixel index (cam, v, u) in int64, which lanes lie inside the image,
+    pixel centres px, py, the channel indices and which exist. Shared by the forward and the backward."""
+    t = pid // (TILE * TILE // PIX)
     cam = t // tiles_per_cam
     rest = t % tiles_per_cam
-    lane = tl.arange(0, TILE * TILE)
+    lane = (pid % (TILE * TILE // PIX)) * PIX + tl.arange(0, PIX)
     u = (rest % tiles_x) * TILE + lane % TILE
     v = (rest // tiles_x) * TILE + lane // TILE
     inside = (u < W) & (v < H)
     pix = (cam * H + v).to(tl.int64) * W + u
     ch = cb * CB + tl.arange(0, CB)
-    return pix, inside, u.to(tl.float32) + 0.5, v.to(tl.float32) + 0.5, ch, ch < D
+    return t, pix, inside, u.to(tl.float32) + 0.5, v.to(tl.float32) + 0.5, ch, ch < D
 
 
 @triton.jit
 def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, out_ptr, alpha_ptr, T_ptr,
                           last_ptr, W, H, tiles_x, tiles_per_cam, D,
-                          TILE: tl.constexpr, CB: tl.constexpr):
-    t = tl.program_id(0)
+                          TILE: tl.constexpr, CB: tl.constexpr, PIX: tl.constexpr):
+    t, pix, inside, px, py, ch, ch_ok = _tile_pixels(tl.program_id(0), tl.program_id(1), W, H, tiles_x,
+                                                     tiles_per_cam, D, TILE, CB, PIX)
     cb = tl.program_id(1)
-    pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
     start = tl.load(offsets_ptr + t)
     end = tl.load(offsets_ptr + t + 1)
-    T = tl.full([TILE * TILE], 1.0, tl.float32)
+    T = tl.full([PIX], 1.0, tl.float32)
     done = ~inside
-    last = tl.zeros([TILE * TILE], dtype=tl.int32)
-    acc = tl.zeros([TILE * TILE, CB], dtype=tl.float32)
+    last = tl.zeros([PIX], dtype=tl.int32)
+    acc = tl.zeros([PIX, CB], dtype=tl.float32)
     i = start
     while i < end:
         g = tl.load(ids_ptr + i)
@@ -109,10 +115,11 @@ def _rasterize_fwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
 @triton.jit
 def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_ptr, T_ptr, last_ptr,
                           g_out_ptr, g_alpha_ptr, d_mu_ptr, d_con_ptr, d_col_ptr, d_opa_ptr,
-                          W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr):
-    t = tl.program_id(0)
+                          W, H, tiles_x, tiles_per_cam, D, TILE: tl.constexpr, CB: tl.constexpr,
+                          PIX: tl.constexpr):
+    t, pix, inside, px, py, ch, ch_ok = _tile_pixels(tl.program_id(0), tl.program_id(1), W, H, tiles_x,
+                                                     tiles_per_cam, D, TILE, CB, PIX)
     cb = tl.program_id(1)
-    pix, inside, px, py, ch, ch_ok = _tile_pixels(t, cb, W, H, tiles_x, tiles_per_cam, D, TILE, CB)
     start = tl.load(offsets_ptr + t)
     T_final = tl.load(T_ptr + pix, mask=inside, other=1.0)
     last = tl.load(last_ptr + pix, mask=inside, other=0)
@@ -121,7 +128,7 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
     g_alpha = tl.load(g_alpha_ptr + pix, mask=inside, other=0.0)
     g_alpha = tl.where(cb == 0, g_alpha, 0.0)  # block 0 owns the alpha term
     T = T_final
-    S = tl.zeros([TILE * TILE, CB], dtype=tl.float32)
+    S = tl.zeros([PIX, CB], dtype=tl.float32)
     i = start + tl.max(last, axis=0) - 1
     while i >= start:
         g = tl.load(ids_ptr + i)
@@ -161,30 +168,31 @@ class RasterizeFn(torch.autograd.Function):
         T = torch.empty(C, height, width, dtype=torch.float32, device=dev)
         last = torch.empty(C, height, width, dtype=torch.int32, device=dev)
         cb = min(TUNING["channels"], triton.next_power_of_2(D))
-        grid = (C * tiles_x * tiles_y, triton.cdiv(D, cb))
+        pixels = min(TUNING["pixels"], tile_size * tile_size)
+        grid = (C * tiles_x * tiles_y * (tile_size * tile_size // pixels), triton.cdiv(D, cb))
         if C * height * width:
             _rasterize_fwd_kernel[grid](means2d, conics, colors, opacities, flatten_ids, offsets, image,
                                         alpha, T, last, width, height, tiles_x, tiles_x * tiles_y, D,
-                                        TILE=tile_size, CB=cb, num_warps=TUNING["warps"])
+                                        TILE=tile_size, CB=cb, PIX=pixels, num_warps=TUNING["warps"])
         ctx.save_for_backward(means2d, conics, colors, opacities, flatten_ids, offsets, T, last)
-        ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb)
+        ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb, pixels)
         return image, alpha
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_image, g_alpha):
         means2d, conics, colors, opacities, flatten_ids, offsets, T, last = ctx.saved_tensors
-        width, height, tile_size, tiles_x, tiles_y, cb = ctx.shape
+        width, height, tile_size, tiles_x, tiles_y, cb, pixels = ctx.shape
         C, N, D = colors.shape
         g_image = g_image.float().contiguous()
         g_alpha = g_alpha.float().contiguous()
         d_mu, d_con = torch.zeros_like(means2d), torch.zeros_like(conics)
         d_col, d_opa = torch.zeros_like(colors), torch.zeros_like(opacities)
         if C * height * width and flatten_ids.numel():
-            _rasterize_bwd_kernel[(C * tiles_x * tiles_y, triton.cdiv(D, cb))](
+            _rasterize_bwd_kernel[(C * tiles_x * tiles_y * (tile_size * tile_size // pixels), triton.cdiv(D, cb))](
                 means2d, conics, colors, opacities, flatten_ids, offsets, T, last, g_image, g_alpha,
                 d_mu, d_con, d_col, d_opa, width, height, tiles_x, tiles_x * tiles_y, D,
-                TILE=tile_size, CB=cb, num_warps=TUNING["warps"])
+                TILE=tile_size, CB=cb, PIX=pixels, num_warps=TUNING["warps"])
         return d_mu, d_con, d_col, d_opa, None, None, None, None, None
 
 

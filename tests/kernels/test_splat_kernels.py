@@ -179,6 +179,15 @@ def test_stage_parity_interpreted(D):
 
 
 @interpreter_only(INTERPRETED)
+@pytest.mark.parametrize("pixels", [32, 64])
+def test_stage_parity_sub_tile_programs_interpreted(pixels, monkeypatch):
+    """Programs that take part of a tile (PIX < 256) give the same image and gradients."""
+    monkeypatch.setitem(ksplat.TUNING, "pixels", pixels)
+    gen = torch.Generator().manual_seed(20 + pixels)
+    check_stage(_hard_scene(12, gen), look_at_cameras(2, 21, 18), 4, gen, rel_err, CPU_TOL)
+
+
+@interpreter_only(INTERPRETED)
 @pytest.mark.parametrize("F,mip", [(None, False), (1, True), (24, False)])
 def test_pipeline_parity_interpreted(F, mip):
     assert ops.kernel("splat_rasterize") is ksplat.rasterize_to_pixels_triton  # not stale compiled ones
@@ -220,8 +229,8 @@ from triton.compiler import ASTSource
 from ngraphics.kernels import splat_project as P, splat_rasterize as R
 f, i64, i32 = "*fp32", "*i64", "*i32"
 cases = [
-    (R._rasterize_fwd_kernel, "TILE CB", [{"TILE": 16, "CB": cb} for cb in (1, 4, 16)]),
-    (R._rasterize_bwd_kernel, "TILE CB", [{"TILE": 16, "CB": cb} for cb in (1, 16)]),
+    (R._rasterize_fwd_kernel, "TILE CB PIX", [{"TILE": 16, "CB": cb, "PIX": p} for cb in (1, 4, 16) for p in (32, 256)]),
+    (R._rasterize_bwd_kernel, "TILE CB PIX", [{"TILE": 16, "CB": cb, "PIX": p} for cb in (1, 16) for p in (32, 256)]),
     (P._project_fwd_kernel, "MIP BLOCK", [{"MIP": m, "BLOCK": 128} for m in (False, True)]),
     (P._project_bwd_kernel, "MIP BLOCK", [{"MIP": m, "BLOCK": 128} for m in (False, True)]),
 ]

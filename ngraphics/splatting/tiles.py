@@ -39,24 +39,33 @@ def intersect_tiles(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Te
     assert means2d.shape == (C, N, 2) and depths.shape == (C, N), (means2d.shape, depths.shape)
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = tiles_x * tiles_y
+    dev = means2d.device
     m = means2d.detach().reshape(C * N, 2).float()  # (CN, 2)
     r = radii.reshape(C * N).float()  # (CN,)
-    x0 = torch.floor((m[:, 0] - r) / tile_size).clamp(0, tiles_x).long()  # (CN,)
-    x1 = torch.ceil((m[:, 0] + r) / tile_size).clamp(0, tiles_x).long()
-    y0 = torch.floor((m[:, 1] - r) / tile_size).clamp(0, tiles_y).long()
-    y1 = torch.ceil((m[:, 1] + r) / tile_size).clamp(0, tiles_y).long()
-    counts = torch.where(r > 0, (x1 - x0) * (y1 - y0), torch.zeros_like(x0))  # (CN,)
-    ids = torch.repeat_interleave(torch.arange(C * N, device=m.device), counts)  # (M,)
-    first = torch.cumsum(counts, 0) - counts  # (CN,): first intersection of each Gaussian
-    k = torch.arange(ids.shape[0], device=m.device) - first[ids]  # (M,): index inside its box
-    w = (x1 - x0)[ids].clamp_min(1)  # (M,)
-    tx, ty = x0[ids] + k % w, y0[ids] + k // w  # (M,)
-    tile = (ids // N) * n_tiles + ty * tiles_x + tx  # (M,)
-    bits = depths.detach().reshape(C * N).float().contiguous().view(torch.int32).long()[ids]  # (M,) >= 0
-    order = torch.argsort((tile << 32) | bits)  # (M,)
-    flatten_ids, tile = ids[order], tile[order]
-    bounds = torch.arange(C * n_tiles + 1, device=m.device)
-    offsets = torch.searchsorted(tile, bounds)  # (C * n_tiles + 1,)
+    x0 = torch.floor((m[:, 0] - r) / tile_size).clamp(0, tiles_x).int()  # (CN,) int32
+    x1 = torch.ceil((m[:, 0] + r) / tile_size).clamp(0, tiles_x).int()
+    y0 = torch.floor((m[:, 1] - r) / tile_size).clamp(0, tiles_y).int()
+    y1 = torch.ceil((m[:, 1] + r) / tile_size).clamp(0, tiles_y).int()
+    counts = torch.where(r > 0, (x1 - x0) * (y1 - y0), torch.zeros_like(x0))  # (CN,) int32
+    seen = counts.nonzero().squeeze(1)  # (V,): Gaussians with at least one tile
+    counts, x0, y0, w = counts[seen], x0[seen], y0[seen], (x1 - x0)[seen]  # (V,) each
+    # per intersection (M of them; int32 where it fits, to keep the peak memory down)
+    row = torch.repeat_interleave(torch.arange(len(seen), device=dev, dtype=torch.int32), counts)  # (M,)
+    first = (torch.cumsum(counts, 0, dtype=torch.int64) - counts)  # (V,): first intersection of each
+    k = (torch.arange(row.shape[0], device=dev, dtype=torch.int64) - first[row]).int()  # (M,) index in its box
+    ids = seen[row]  # (M,) int64: the Gaussian, camera-major
+    tx = x0[row] + k % w[row]  # (M,) int32
+    ty = y0[row] + k // w[row]
+    del row, k
+    tile = (ids // N) * n_tiles + (ty * tiles_x + tx)  # (M,) int64
+    del tx, ty
+    bits = depths.detach().reshape(C * N).float().contiguous().view(torch.int32)[ids]  # (M,) >= 0
+    keys, order = torch.sort((tile << 32) | bits.long())  # (M,) each
+    del tile, bits
+    flatten_ids = ids[order]
+    del ids, order
+    bounds = torch.arange(C * n_tiles + 1, device=dev, dtype=torch.int64)
+    offsets = torch.searchsorted(keys >> 32, bounds)  # (C * n_tiles + 1,)
     return {"flatten_ids": flatten_ids, "offsets": offsets, "tiles_x": tiles_x, "tiles_y": tiles_y}
 
 

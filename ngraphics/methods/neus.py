@@ -37,6 +37,7 @@ against `scene.surface` when the scene has one, and the mask IoU of the rendered
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
@@ -203,6 +204,9 @@ class Neus(Method):
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas, eps=config.eps)
         self.anneal = 0.0 if config.anneal_end > 0 else 1.0
         self.batches: RaySampler | None = None
+        # called with a phase name as each part of train_step ends ("sample", "forward", "backward", "optimizer"),
+        # for a benchmark's per-phase timers (ngraphics/methods/bench_neus.py); None in training
+        self.phase_hook: Callable[[str], None] | None = None
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -347,6 +351,7 @@ class Neus(Method):
         R = origins.shape[0]
         samples, live = self.sample_rays(self.field, origins, directions, jitter=True,
                                          capacity=R * c.occupancy.samples_per_ray if grid else None)
+        self._phase("sample")
         out = self.shade(self.field, self.variance, origins, directions, samples, live, batch["background"],
                          training=True, background_field=self.background_field)
         fits = samples.ray_valid().float()  # rays whose sections all fit the buffers (all without the grid)
@@ -367,14 +372,21 @@ class Neus(Method):
         if grid:
             stats["samples_per_ray"] = samples.n_samples.float() / n_fit
             stats["rays_fit"] = fits.mean()
+        self._phase("forward")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._phase("backward")
         self.optimizer.step()
+        self._phase("optimizer")
         with torch.no_grad():
             mse = ((out["rgb"] - target).square().mean(-1) * fits).sum() / n_fit
         return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "eikonal": eikonal.detach(),
                 "inv_s": self.inv_s(self.variance.detach()), "levels": torch.tensor(float(self.field.active)),
                 "lr": torch.tensor(lr), **stats}
+
+    def _phase(self, name: str) -> None:
+        if self.phase_hook is not None:
+            self.phase_hook(name)
 
     @torch.no_grad()
     def refresh_render_field(self) -> None:

@@ -126,3 +126,28 @@ def test_training_with_the_grid(scene):
         other.load_state_dict({k: v for k, v in method.state_dict().items() if k != "grid"})
     with pytest.raises(ConfigError, match="occupancy.resolution"):
         SurfaceOccupancyConfig(resolution=7).validate("model.occupancy")
+
+
+@pytest.mark.gpu
+def test_cuda_steps_with_the_grid_and_the_background_field():
+    """configs/neus/dtu.yaml's path on the device (grid marching through the Triton kernels, NeRF++ background):
+    steps learn, rays fit the buffers once the shell is thin, renders come back on the device."""
+    from ngraphics.fields.background_field import BackgroundFieldConfig
+
+    scene = load_dataset(None, "train", resolution=32, n_views=8)
+    config = dataclasses.replace(TINY, rays_per_batch=1024, background="nerf++",
+                                 background_field=BackgroundFieldConfig(neurons=16, features=3, n_samples=8),
+                                 occupancy=SurfaceOccupancyConfig(resolution=64, warmup_steps=10, update_every=4,
+                                                                  march_steps=512, samples_per_ray=96))
+    torch.manual_seed(0)
+    method = Neus(config, scene, "cuda")
+    sampler = method.sampler(scene, torch.device("cuda"))
+    outs = []
+    for step in range(60):
+        batch = sampler.sample()
+        batch.update(step=step, progress=step / 60)
+        outs.append({k: float(v) for k, v in method.train_step(batch).items()})
+    assert all(math.isfinite(o["loss"]) for o in outs) and outs[-1]["loss"] < outs[0]["loss"]
+    assert method.grid_ready and outs[-1]["rays_fit"] > 0.5 and 0 < method.grid.occupied_fraction() < 0.5
+    out = method.render(scene.cameras[:1])
+    assert out["rgb"].device.type == "cuda" and bool(torch.isfinite(out["rgb"]).all())

@@ -80,10 +80,11 @@ class Clock:
 
 
 def train(method: Neus, scene, device: torch.device, budget_s: float, max_steps: int, marks=(), on_mark=None,
-          check_every: int | None = None) -> tuple[int, float]:
+          check_every: int | None = None) -> tuple[int, float, dict]:
     """Train for budget_s seconds (or max_steps), calling on_mark(step, seconds) once the training time passes
     one or more of `marks` (clock paused meanwhile) and at the end. Progress for the schedules =
-    max(step / max_steps, elapsed / budget_s), as the trainer's. Returns (steps, training seconds).
+    max(step / max_steps, elapsed / budget_s), as the trainer's. Returns (steps, training seconds, the last
+    step's statistics as floats).
     check_every: steps between clock reads (each a device sync); default 8 on CUDA, 1 elsewhere."""
     sampler = method.sampler(scene, device)
     check_every = check_every or (8 if device.type == "cuda" else 1)
@@ -92,7 +93,7 @@ def train(method: Neus, scene, device: torch.device, budget_s: float, max_steps:
     while step < max_steps and elapsed < budget_s:
         batch = sampler.sample()
         batch.update(step=step, progress=min(max(step / max_steps, elapsed / budget_s), 1.0))
-        method.train_step(batch)
+        stats = method.train_step(batch)
         step += 1
         if step % check_every == 0 or step == max_steps:
             elapsed = clock.now()
@@ -107,7 +108,7 @@ def train(method: Neus, scene, device: torch.device, budget_s: float, max_steps:
     seconds = clock.pause()
     if on_mark is not None and marked != step:  # the end of the run is the last mark
         on_mark(step, seconds)
-    return step, seconds
+    return step, seconds, {k: round(float(v), 5) for k, v in stats.items()} if step else {}
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
@@ -198,12 +199,12 @@ class Bench:
                                          "mesh_resolution": resolution, "curve": curve}
             self.save()
 
-        steps, seconds = train(method, scene, self.device, config.trainer.time_budget_s, config.trainer.steps,
-                               config.trainer.eval_times, on_mark)
+        steps, seconds, stats = train(method, scene, self.device, config.trainer.time_budget_s,
+                                      config.trainer.steps, config.trainer.eval_times, on_mark)
         goal = next((r for r in curve if r.get("chamfer_l1_rel_diagonal", 1) <= 0.003), None)
         self.results["armadillo"].update(steps=steps, train_s=round(seconds, 2), steps_per_s=round(steps / seconds, 2),
                                          peak_memory_gb=peak_memory_gb(self.device),
-                                         goal_0_3_percent_at_s=goal and goal["train_s"])
+                                         goal_0_3_percent_at_s=goal and goal["train_s"], last_step=stats)
         mesh = method.mesh(resolution, colors=False, world=False)
         mesh_pictures(mesh, _views(scene, 3, 512 if not a.quick else 32).to(self.device), self.out / "armadillo_mesh.png")
         self.save()
@@ -230,7 +231,7 @@ class Bench:
         reset_peak(self.device)
         method = Neus(config.model, scene, self.device)
         budget = a.dtu_budget if not a.quick else 3.0
-        steps, seconds = train(method, scene, self.device, budget, 10**9 if not a.quick else 12)
+        steps, seconds, stats = train(method, scene, self.device, budget, 10**9 if not a.quick else 12)
         train_peak = peak_memory_gb(self.device)
         self.dtu_method, self.dtu_scene = method, scene
         t0 = time.perf_counter()
@@ -253,7 +254,7 @@ class Bench:
             "heldout_psnr": round(sum(psnrs) / len(psnrs), 3), "heldout_psnr_per_view": [round(p, 3) for p in psnrs],
             "mask_iou": round(m.get("mask_iou", float("nan")), 4), "render_s": round(render_s, 2),
             "mesh_resolution": resolution, "mesh_s": round(mesh_s, 2), "mesh_faces": int(mesh.faces.shape[0]),
-            "mesh_watertight": bool(tm.is_watertight)}
+            "mesh_watertight": bool(tm.is_watertight), "last_step": stats}
         self.say(f"  {steps} steps in {seconds:.1f} s; held-out PSNR {self.results['dtu']['heldout_psnr']:.2f} dB, "
                  f"mask IoU {self.results['dtu']['mask_iou']:.4f}; mesh {mesh.faces.shape[0]} faces, "
                  f"watertight {tm.is_watertight}")
@@ -303,6 +304,8 @@ class Bench:
         device, cuda = self.device, self.device.type == "cuda"
         step0 = 10**6  # past every warm-up: the grid (if any) is used, updates every update_every steps
 
+        last: dict = {}
+
         def run(k: int, hook=None) -> None:
             method.phase_hook = hook
             for i in range(k):
@@ -310,7 +313,7 @@ class Bench:
                 batch.update(step=step0 + i, progress=0.5)
                 if hook is not None:
                     hook("start")
-                method.train_step(batch)
+                last.update(method.train_step(batch))
             method.phase_hook = None
 
         run(3)  # warm up (compiles, caches)
@@ -343,6 +346,7 @@ class Bench:
                "phase_ms": {k: round(v, 3) for k, v in phases.items()},
                "phase_percent": {k: round(100 * v / total, 1) for k, v in phases.items()}}
         row["kernel_percent"] = self.kernel_split(method, lambda: run(n))
+        row["last_step"] = {k: round(float(v), 5) for k, v in last.items()}  # samples_per_ray, rays_fit (grid)
         return row
 
     def kernel_split(self, method: Neus, work) -> dict[str, float]:

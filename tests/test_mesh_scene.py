@@ -127,6 +127,14 @@ def test_load_dataset_detects_mesh_files_and_splits_differ(tmp_path):
     bad.write_text("this is not a mesh\n")
     with pytest.raises(DataError):
         load_mesh_scene(bad)
+    flat = tmp_path / "flat.obj"  # every triangle has zero area (collinear vertices)
+    flat.write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nv 3 0 0\nf 1 2 3\nf 2 3 4\n")
+    with pytest.raises(DataError, match="degenerate"):
+        load_mesh_scene(flat)
+    empty = tmp_path / "empty.obj"
+    empty.write_text("v 0 0 0\nv 1 0 0\n")
+    with pytest.raises(DataError, match="no triangles"):
+        load_mesh_scene(empty)
 
 
 def test_bunny_renders():

@@ -53,7 +53,14 @@ def read_mesh(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     faces = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))))
     if faces.ndim != 2 or faces.shape[0] == 0:
         raise DataError(f"{path}: the mesh has no triangles")
-    return torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64), torch.tensor(faces, dtype=torch.int64)
+    vertices = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64)
+    if not bool(torch.isfinite(vertices).all()):
+        raise DataError(f"{path}: the mesh has non-finite vertex coordinates")
+    faces = torch.tensor(faces, dtype=torch.int64)
+    v = vertices[faces]
+    if not float(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]).norm(dim=-1).sum()) > 0:
+        raise DataError(f"{path}: the mesh is degenerate (its triangles have zero area)")
+    return vertices, faces
 
 
 def normalisation(vertices: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch
 
 from ngraphics.data import load_dataset
 from ngraphics.data.mesh_scene import rasterize
+from ngraphics.errors import NgraphicsError
 from ngraphics.io.atomic import atomic_write_text
 from ngraphics.io.images import write_image
 from ngraphics.methods.neus import Neus
@@ -409,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-warmup", type=int, default=300, help="training steps before the step part "
                         "when the DTU part did not run")
     args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except NgraphicsError as err:  # missing data, bad configs: one line, like the CLI
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     bench = Bench(args)
     bench.say(f"bench_neus on {bench.results['device']}, torch {torch.__version__}, output {bench.out}")
     for part in PARTS:

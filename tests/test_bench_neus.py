@@ -35,3 +35,26 @@ def test_quick_benchmark_writes_every_part(tmp_path, capsys):
         assert row["steps_per_s"] > 0 and set(row["phase_percent"]) == {"sample", "forward", "backward", "optimizer"}
         assert abs(sum(row["phase_percent"].values()) - 100) < 1 and "grid_bwd_bwd" in row["kernel_percent"]
     assert "Chamfer-L1 / diagonal" in capsys.readouterr().out
+
+
+def test_pack_dtu_keeps_the_scene(tmp_path):
+    """The JPEG copy for the device loads as the same scene: same cameras and masks, images within JPEG error."""
+    import shutil
+
+    from ngraphics.data.neus import load_neus
+    from ngraphics.metrics.image import psnr
+
+    root = need_data("dtu", "dtu_scan65")
+    src = tmp_path / "src"
+    (src / "image").mkdir(parents=True)
+    (src / "mask").mkdir()
+    shutil.copy(root / "cameras_sphere.npz", src)
+    for i in range(2):
+        shutil.copy(root / "image" / f"{i:06d}.png", src / "image")
+        shutil.copy(root / "mask" / f"{i:03d}.png", src / "mask")
+    assert main(["--pack-dtu", str(src), str(tmp_path / "dst")]) == 0
+    a = load_neus(src, "all", downscale=4, cache=False)
+    b = load_neus(tmp_path / "dst", "all", downscale=4, cache=False)
+    assert torch.equal(a.cameras.c2w, b.cameras.c2w) and torch.equal(a.masks[1], b.masks[1])
+    assert all(psnr(x, y) > 40 for x, y in zip(a.images, b.images))
+    assert main(["--pack-dtu", str(tmp_path / "nothing"), str(tmp_path / "d2")]) == 2

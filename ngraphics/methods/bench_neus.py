@@ -20,6 +20,10 @@ step       on the trained DTU model (or a fresh one when dtu is not run): steps/
            backward), with the occupancy grid and without it (stratified + importance sampling).
 
 Every part's numbers go to OUT/results.json as they are measured (a later failure keeps the earlier ones).
+
+The device machine takes at most 64 MiB of files per call and DTU scan 65's PNGs are 119 MiB:
+`--pack-dtu SRC DST` writes a copy with the images as JPEG (quality 95, ~27 MiB; masks and cameras as they are)
+for the device run to read (docs/neus.md has the command lines).
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ import torch
 
 from ngraphics.data import load_dataset
 from ngraphics.data.mesh_scene import rasterize
-from ngraphics.errors import NgraphicsError
-from ngraphics.io.atomic import atomic_write_text
+from ngraphics.errors import DataError, NgraphicsError
+from ngraphics.io.atomic import atomic_write_bytes, atomic_write_text
 from ngraphics.io.images import write_image
 from ngraphics.methods.neus import Neus
 from ngraphics.metrics.image import psnr
@@ -394,9 +398,36 @@ def _views(scene, n: int, size: int):
                          height=torch.full_like(cameras.height, size))
 
 
+def pack_dtu(src: str | Path, dst: str | Path, quality: int = 95) -> int:
+    """Copy a NeuS-format scene with its images re-encoded as JPEG (masks and camera files copied as they are).
+    Returns the bytes written."""
+    import shutil
+
+    import cv2
+
+    src, dst = Path(src), Path(dst)
+    if not (src / "cameras_sphere.npz").is_file() or not (src / "image").is_dir():
+        raise DataError(f"{src}: not a NeuS scene (cameras_sphere.npz and image/ expected)")
+    (dst / "image").mkdir(parents=True, exist_ok=True)
+    for name in ("cameras_sphere.npz", "mask"):
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        elif (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for image in sorted((src / "image").iterdir()):
+        pixels = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise DataError(f"{image}: not a readable image")
+        ok, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        atomic_write_bytes(dst / "image" / f"{image.stem}.jpg", data.tobytes())
+    return sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ngraphics.methods.bench_neus", description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="output folder (results.json, PNGs)")
+    parser.add_argument("out", nargs="?", help="output folder (results.json, PNGs)")
+    parser.add_argument("--pack-dtu", nargs=2, metavar=("SRC", "DST"),
+                        help="write a JPEG copy of a NeuS scene for the device (then exit)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--data", default=os.environ.get("NGRAPHICS_DATA", "../shared/data"),
                         help="the shared data folder with meshes/ and dtu/ (default: $NGRAPHICS_DATA or ../shared/data)")
@@ -411,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
                         "when the DTU part did not run")
     args = parser.parse_args(argv)
     try:
+        if args.pack_dtu:
+            size = pack_dtu(*args.pack_dtu)
+            print(f"wrote {args.pack_dtu[1]} ({size / 2**20:.1f} MiB)")
+            return 0
+        if args.out is None:
+            parser.error("the output folder is required")
         return run(args)
     except NgraphicsError as err:  # missing data, bad configs: one line, like the CLI
         print(f"error: {err}", file=sys.stderr)

@@ -115,6 +115,10 @@ def test_training_with_the_grid(scene):
     assert all(math.isfinite(float(o["loss"])) for o in outs)
     assert 0.0 < method.grid.occupied_fraction() < 0.8  # empty space is skipped
     assert float(outs[-1]["samples_per_ray"]) > 0 and 0 < float(outs[-1]["rays_fit"]) <= 1
+    # the ray count follows the samples per ray: about a full buffer of rays_per_batch x samples_per_ray
+    per_ray = float(outs[-1]["samples_per_ray"])  # on a CPU the counts are read back at once
+    ideal = min(max(64 * 64 / per_ray, 64 / 8, 16), 4 * 64)
+    assert sampler.batch_size != 64 and abs(sampler.batch_size - ideal) <= max(0.1 * ideal, 16)
     other = _grid_method(scene)
     other.load_state_dict(method.state_dict())
     assert other.grid_ready and torch.equal(other.grid.binary, method.grid.binary)

@@ -19,7 +19,10 @@ Sampling, two ways (`model.occupancy.resolution`):
        |SDF| at the centre is within half the cell diagonal + `band` / inv_s), refreshed every `update_every`
        steps from step `warmup_steps` on (stratified + importance before that); rays march fixed steps of
        box diagonal / `march_steps` through occupied cells only (`ngraphics.rendering.marching.march`), in
-       buffers of `samples_per_ray` x rays (rays that do not fit are left out of the loss).
+       fixed buffers of `samples_per_ray` x `rays_per_batch` samples (rays that do not fit are left out of the
+       loss); the number of rays then follows the samples per ray (read back a step or two late, no host
+       sync: `LaggedReadout`), within 1/8 .. 4 x `rays_per_batch`, so the buffer stays about full: as the
+       shell thins, a step sees more rays for the same samples (NeuS2's, instant-ngp's batch rule).
 Background (`model.background`): `color`, the batch's background colour behind the foreground (random for
 RGBA data, so the opacity must explain it); `nerf++`, NeuS's NeRF++ model: the foreground is the sphere
 inscribed in the scene box, a `BackgroundField` in inverted-sphere coordinates fills everything outside it
@@ -54,7 +57,7 @@ from ngraphics.fields.background_field import BackgroundField, BackgroundFieldCo
 from ngraphics.fields.sdf_field import SDFField, SDFFieldConfig
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
 from ngraphics.metrics.image import psnr_from_mse
-from ngraphics.optim import warmup_step_decay
+from ngraphics.optim import LaggedReadout, warmup_step_decay
 from ngraphics.rendering.alpha import accumulate_along_rays, composite_over, render_weight_from_alpha
 from ngraphics.rendering.marching import RaySamples, march
 from ngraphics.rendering.occupancy import OccupancyGrid
@@ -207,6 +210,7 @@ class Neus(Method):
         # called with a phase name as each part of train_step ends ("sample", "forward", "backward", "optimizer"),
         # for a benchmark's per-phase timers (ngraphics/methods/bench_neus.py); None in training
         self.phase_hook: Callable[[str], None] | None = None
+        self.readout = LaggedReadout()  # (samples, rays that fit) of recent grid steps, for the batch size
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -348,9 +352,12 @@ class Neus(Method):
         if grid and (step - c.occupancy.warmup_steps) % c.occupancy.update_every == 0:
             self.update_grid(self.field, self.variance)
         origins, directions, target = batch["origins"], batch["directions"], batch["rgb"]
-        R = origins.shape[0]
+        capacity = c.rays_per_batch * c.occupancy.samples_per_ray
         samples, live = self.sample_rays(self.field, origins, directions, jitter=True,
-                                         capacity=R * c.occupancy.samples_per_ray if grid else None)
+                                         capacity=capacity if grid else None)
+        if grid and self.grid_ready:
+            self.readout.push(torch.stack([samples.n_samples, samples.ray_valid().sum()]).float())
+            self.update_batch_size(capacity)
         self._phase("sample")
         out = self.shade(self.field, self.variance, origins, directions, samples, live, batch["background"],
                          training=True, background_field=self.background_field)
@@ -383,6 +390,18 @@ class Neus(Method):
         return {"loss": loss.detach(), "mse": mse, "psnr": psnr_from_mse(mse), "eikonal": eikonal.detach(),
                 "inv_s": self.inv_s(self.variance.detach()), "levels": torch.tensor(float(self.field.active)),
                 "lr": torch.tensor(lr), **stats}
+
+    def update_batch_size(self, capacity: int) -> None:
+        """Rays per batch for a full sample buffer, from the latest (samples, rays that fit) read back; changed
+        only when off by more than 10 % (fewer shape changes), within 1/8 .. 4 x rays_per_batch, multiples of 16."""
+        counts = self.readout.poll()
+        if self.batches is None or counts is None or counts[1] < 1:
+            return
+        per_ray = max(counts[0] / counts[1], 1.0)
+        c = self.config
+        ideal = min(max(capacity / per_ray, c.rays_per_batch / 8, 16), 4 * c.rays_per_batch)
+        if abs(ideal - self.batches.batch_size) > 0.1 * self.batches.batch_size:
+            self.batches.batch_size = max(16, int(ideal) // 16 * 16)
 
     def _phase(self, name: str) -> None:
         if self.phase_hook is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +157,43 @@ def test_cuda_steps_with_the_grid_and_the_background_field():
     assert method.grid_ready and outs[-1]["rays_fit"] > 0.5 and 0 < method.grid.occupied_fraction() < 0.5
     out = method.render(scene.cameras[:1])
     assert out["rgb"].device.type == "cuda" and bool(torch.isfinite(out["rgb"]).all())
+
+
+def interpreted_checks() -> None:
+    """Run in a child process with TRITON_INTERPRET=1 (`run_in_interpreter`): NeuS's grid marching through the
+    Triton marcher (the CUDA path) gives the torch reference's sections, with and without fixed buffers, and a
+    few training steps on it learn. (backend="triton" is forced: without the interpreter it is a ConfigError.)"""
+    torch.manual_seed(0)
+    scene = load_dataset(None, "train", resolution=12, n_views=2)
+    config = dataclasses.replace(TINY, field=dataclasses.replace(TINY.field, backend="torch"),
+                                 occupancy=SurfaceOccupancyConfig(resolution=16, march_steps=128, samples_per_ray=32))
+    method = Neus(config, scene, "cpu")
+    method.update_grid(SphereSDF(), torch.tensor(math.log(100.0) / 10))
+    from ngraphics.rendering.marching import march, march_torch
+
+    origins, directions = scene.cameras.image_rays(0)
+    for capacity in (None, 144 * 32, 500):
+        args = dict(step_size=method.step_size, near=method.near, capacity=capacity, max_steps=130)
+        fast = march(origins, directions, method.grid, backend="triton", **args)
+        ref = march_torch(origins, directions, method.grid, **args)
+        for key in ("ray_indices", "t_starts", "t_ends", "offsets"):
+            torch.testing.assert_close(getattr(fast, key), getattr(ref, key))
+    sampler = method.sampler(scene, torch.device("cpu"))
+    losses = []
+    for step in range(4):
+        batch = sampler.sample()
+        batch.update(step=step, progress=step / 4)
+        losses.append(float(method.train_step(batch)["loss"]))
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_grid_marching_under_the_triton_interpreter():
+    sys.path.insert(0, str(Path(__file__).parent / "kernels"))
+    from harness import run_in_interpreter
+
+    run_in_interpreter(__file__)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]]()

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import DATA, need_data
+
 from ngraphics.methods.bench_neus import main
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import need_data
+
 from ngraphics.data import load_dataset
 from ngraphics.data.mesh_scene import intersect, load_mesh_scene, rasterize, sphere_cameras
 from ngraphics.errors import DataError
@@ -67,7 +67,7 @@ def test_rasterizer_matches_trimesh_ray_casting():
         # the same face, except for pixel centres on an edge two faces share (same distance, either is right)
         differ = face.numpy() != expected_face
         assert differ.mean() < 0.03 and bool((face.numpy()[differ] >= 0).all() and (expected_face[differ] >= 0).all())
-        t_ref, face_ref = intersect(origins, dirs, vertices, faces)
+        t_ref, _ = intersect(origins, dirs, vertices, faces)
         torch.testing.assert_close(t, t_ref, atol=1e-5, rtol=0)
         hits += int((face >= 0).sum())
     assert 0.1 * 3 * 23 * 23 < hits < 0.6 * 3 * 23 * 23

@@ -8,16 +8,21 @@ import math
 
 import pytest
 import torch
+from test_neus import TINY
+from test_neus_occupancy import SphereSDF
 
 from ngraphics.data import load_dataset
 from ngraphics.errors import ConfigError
-from ngraphics.fields.background_field import BackgroundField, BackgroundFieldConfig, inverted_sphere, outside_bins
+from ngraphics.fields.background_field import (
+    BackgroundField,
+    BackgroundFieldConfig,
+    inverted_sphere,
+    outside_bins,
+)
 from ngraphics.methods.neus import Neus, NeusConfig
 from ngraphics.rendering.alpha import accumulate_along_rays, composite_over, render_weight_from_alpha
 from ngraphics.rendering.compositing import offsets_from_counts
 from ngraphics.rendering.sdf import ray_sphere_range
-from test_neus import TINY
-from test_neus_occupancy import SphereSDF
 
 SMALL_BACKGROUND = BackgroundFieldConfig(encoding={"n_levels": 4, "log2_hashmap_size": 10}, neurons=16,
                                          features=3, n_samples=8)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_neus import TINY
 
 from ngraphics.data import load_dataset
 from ngraphics.methods.neus import Neus, SurfaceOccupancyConfig
 from ngraphics.rendering.occupancy import OccupancyGrid
-from test_neus import TINY
 
 AABB = torch.tensor([[-1.0] * 3, [1.0] * 3])
 
@@ -173,7 +173,7 @@ def interpreted_checks() -> None:
 
     origins, directions = scene.cameras.image_rays(0)
     for capacity in (None, 144 * 32, 500):
-        args = dict(step_size=method.step_size, near=method.near, capacity=capacity, max_steps=130)
+        args = {"step_size": method.step_size, "near": method.near, "capacity": capacity, "max_steps": 130}
         fast = march(origins, directions, method.grid, backend="triton", **args)
         ref = march_torch(origins, directions, method.grid, **args)
         for key in ("ray_indices", "t_starts", "t_ends", "offsets"):

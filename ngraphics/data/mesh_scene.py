@@ -30,7 +30,7 @@ import torch
 
 from ngraphics.cameras import Cameras
 from ngraphics.data.frames import check_split, subsample
-from ngraphics.data.procedural import LIGHT, DEFAULT_VIEWS, look_at
+from ngraphics.data.procedural import DEFAULT_VIEWS, LIGHT, look_at
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError
 

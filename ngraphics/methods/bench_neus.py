@@ -29,6 +29,7 @@ for the device run to read (docs/neus.md has the command lines).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -340,7 +341,7 @@ class Bench:
         run(n, hook)
         clock.sync()
         phases: dict[str, float] = {}
-        for (_, a), (name, b) in zip(marks[:-1], marks[1:]):
+        for (_, a), (name, b) in itertools.pairwise(marks):
             if name == "start":
                 continue
             ms = a.elapsed_time(b) if cuda else (b - a) * 1e3
@@ -418,7 +419,7 @@ def pack_dtu(src: str | Path, dst: str | Path, quality: int = 95) -> int:
         pixels = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if pixels is None:
             raise DataError(f"{image}: not a readable image")
-        ok, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        _, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
         atomic_write_bytes(dst / "image" / f"{image.stem}.jpg", data.tobytes())
     return sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
 

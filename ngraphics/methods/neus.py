@@ -61,8 +61,14 @@ from ngraphics.optim import LaggedReadout, warmup_step_decay
 from ngraphics.rendering.alpha import accumulate_along_rays, composite_over, render_weight_from_alpha
 from ngraphics.rendering.marching import RaySamples, march
 from ngraphics.rendering.occupancy import OccupancyGrid
-from ngraphics.rendering.sdf import (importance_weights, neus_alpha_midpoint, ray_box_range, ray_sphere_range,
-                                     sample_pdf, stratified_bins)
+from ngraphics.rendering.sdf import (
+    importance_weights,
+    neus_alpha_midpoint,
+    ray_box_range,
+    ray_sphere_range,
+    sample_pdf,
+    stratified_bins,
+)
 
 BACKGROUNDS = ("color", "nerf++")
 

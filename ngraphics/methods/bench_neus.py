@@ -151,7 +151,7 @@ class Bench:
         self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.results: dict = {"device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                               else "cpu", "torch": torch.__version__, "quick": bool(args.quick),
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "set": list(args.set or [])}
         try:
             import triton
 
@@ -167,8 +167,8 @@ class Bench:
         print(*parts, flush=True)
 
     def config(self, name: str, overrides: list[str]):
-        quick = QUICK_MODEL + (self.args.quick_overrides or []) if self.args.quick else []
-        return load_run_config(find_config(name), overrides + quick)
+        quick = QUICK_MODEL if self.args.quick else []
+        return load_run_config(find_config(name), overrides + quick + list(self.args.set or []))
 
     # --- (a) Armadillo: Chamfer over training time -----------------------------------------------------------
 
@@ -433,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.environ.get("NGRAPHICS_DATA", "../shared/data"),
                         help="the shared data folder with meshes/ and dtu/ (default: $NGRAPHICS_DATA or ../shared/data)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: every part in seconds on a CPU")
-    parser.add_argument("--quick-overrides", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="config override for every part, as `ngraphics train --set` (e.g. "
+                             "model.occupancy.resolution=0: no occupancy grid)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid of the measurements")
     parser.add_argument("--dtu-budget", type=float, default=120.0, help="DTU training seconds")

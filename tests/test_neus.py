@@ -150,6 +150,10 @@ def test_cli_train_then_export(tmp_path, one_thread, capsys):
     assert main(["export", "mesh", "r", "--runs-dir", str(runs), "--resolution", "24",
                  "--bounds", "5", "5", "5", "6", "6", "6", "--out", str(tmp_path / "x.ply")]) == 2
     assert "never crosses zero" in capsys.readouterr().err and not (tmp_path / "x.ply").exists()
+    assert main(["export", "mesh", "r", "--runs-dir", str(runs), "--resolution", "100000",
+                 "--out", str(tmp_path / "y.ply")]) == 2  # a grid far too large for memory
+    err = capsys.readouterr().err
+    assert "--resolution" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "y.ply").exists()
 
 
 @pytest.mark.slow

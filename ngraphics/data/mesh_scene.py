@@ -9,10 +9,15 @@ scene frame; aabb [-1, 1]^3, like NeuS's normalised frame); `scale_mat` is the i
 Cameras sit on a sphere of radius 3 around the origin (golden-angle spiral over elevations -60..75 degrees for
 "train"; seeded random directions for "val"/"test"), looking at it, 40 degree field of view.
 
-Rendering (CPU, torch): each pixel's centre ray is intersected with every triangle (Moeller-Trumbore, in
-chunks of rays; fine for meshes of up to ~10^5 faces at small image sizes), the nearest hit gives depth,
-mask and the face normal; colour = albedo (a smooth function of position, so views agree on texture) x
-(ambient 0.3 + 0.7 Lambert from `LIGHT`). Images are RGBA with alpha = mask (no anti-aliasing).
+Rendering (torch, on CUDA when there is one): a z-buffer rasterizer (`rasterize`) finds the nearest face under
+each pixel centre: every face is projected, the pixel centres inside its screen-space bounding box are tested
+against its edge functions (in chunks of a bounded number of candidate pixels), and the nearest by
+perspective-correct depth wins (one scatter-min of (depth, face) keys). The depth along the pixel's ray is then
+the exact ray-plane distance of that face, as ray casting gives it (`intersect`, the brute-force ray-triangle
+reference, tests both against trimesh's ray caster). The 100 Armadillo views at 800x800 (10^5 faces) take
+seconds on a GPU; CPU sizes (48 views at 64x64) well under a minute. Colour = albedo (a smooth function of
+position, so views agree on texture) x (ambient 0.3 + 0.7 Lambert from `LIGHT`). Images are RGBA with
+alpha = mask (no anti-aliasing).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from ngraphics.cameras import Cameras
 from ngraphics.data.frames import check_split, subsample
-from ngraphics.data.procedural import LIGHT, DEFAULT_VIEWS, look_at
+from ngraphics.data.procedural import DEFAULT_VIEWS, LIGHT, look_at
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import DataError
 
@@ -48,7 +53,14 @@ def read_mesh(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     faces = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))))
     if faces.ndim != 2 or faces.shape[0] == 0:
         raise DataError(f"{path}: the mesh has no triangles")
-    return torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64), torch.tensor(faces, dtype=torch.int64)
+    vertices = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64)
+    if not bool(torch.isfinite(vertices).all()):
+        raise DataError(f"{path}: the mesh has non-finite vertex coordinates")
+    faces = torch.tensor(faces, dtype=torch.int64)
+    v = vertices[faces]
+    if not float(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]).norm(dim=-1).sum()) > 0:
+        raise DataError(f"{path}: the mesh is degenerate (its triangles have zero area)")
+    return vertices, faces
 
 
 def normalisation(vertices: torch.Tensor) -> torch.Tensor:
@@ -111,6 +123,75 @@ def intersect(origins: torch.Tensor, directions: torch.Tensor, vertices: torch.T
     return torch.cat(ts), torch.cat(ids)
 
 
+def rasterize(vertices: torch.Tensor, faces: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, height: int,
+              width: int, budget: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest face under each pixel centre of one pinhole camera, and its depth along the pixel's ray.
+
+    Args:
+        vertices: (V, 3) float, world frame; faces: (F, 3) int64; on the device to render on.
+        c2w: camera-to-world (4, 4) or (3, 4), OpenCV axes; K: intrinsics (3, 3) (skew allowed).
+        height, width: image size; pixel (i, j) is the ray through (j + 0.5, i + 0.5).
+        budget: candidate (face, pixel) pairs per chunk (memory: ~100 bytes each).
+    Returns: t (H * W,) float32 along the unit ray (inf on a miss) and face (H * W,) int64 (-1 on a miss),
+    row-major. Faces with a vertex behind or on the camera plane are skipped (cameras outside the mesh's
+    bounding sphere, as here, never have any). Ties (shared edges) go to the nearer face, then the lower index.
+    """
+    device = vertices.device
+    R, t = c2w[:3, :3].float(), c2w[:3, 3].float()
+    cam = (vertices.float() - t) @ R  # world -> camera: R^T (x - t)
+    proj = cam @ K.float().T
+    z = cam[:, 2]
+    uv = proj[:, :2] / z.clamp_min(1e-12)[:, None]
+    fz, fuv = z[faces], uv[faces]  # (F, 3), (F, 3, 2)
+    lo = torch.ceil(fuv.amin(1) - 0.5).clamp(0, max(width, height)).long()  # first pixel centre inside the box
+    hi = torch.floor(fuv.amax(1) - 0.5).long()
+    hi = torch.minimum(hi, torch.tensor([width - 1, height - 1], device=device))
+    lo = torch.minimum(lo, torch.tensor([width, height], device=device))
+    extent = (hi - lo + 1).clamp_min(0)
+    counts = extent[:, 0] * extent[:, 1] * (fz.amin(1) > 1e-6)
+    keys = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+    ids = torch.nonzero(counts)[:, 0]
+    ends = torch.cumsum(counts[ids], 0)
+    starts = 0
+    while starts < ids.numel():  # chunks of faces whose candidate pixels stay within the budget
+        stop = max(int(torch.searchsorted(ends, int(ends[starts]) - int(counts[ids[starts]]) + budget, right=True)),
+                   starts + 1)
+        f = ids[starts:stop]
+        starts = stop
+        c = counts[f]
+        owner = torch.repeat_interleave(torch.arange(f.numel(), device=device), c)
+        local = torch.arange(owner.numel(), device=device) - (torch.cumsum(c, 0) - c)[owner]
+        face = f[owner]
+        nx = extent[face, 0]
+        px = (lo[face, 0] + local % nx).float() + 0.5
+        py = (lo[face, 1] + local // nx).float() + 0.5
+        a, b, cc = fuv[face, 0], fuv[face, 1], fuv[face, 2]
+        area = (b[:, 0] - a[:, 0]) * (cc[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (cc[:, 0] - a[:, 0])
+        w0 = (b[:, 0] - px) * (cc[:, 1] - py) - (b[:, 1] - py) * (cc[:, 0] - px)  # edge functions (opposite a)
+        w1 = (cc[:, 0] - px) * (a[:, 1] - py) - (cc[:, 1] - py) * (a[:, 0] - px)
+        w2 = area - w0 - w1
+        sign = torch.sign(area)
+        eps = 1e-6 * area.abs()
+        inside = (area.abs() > 1e-12) & (w0 * sign >= -eps) & (w1 * sign >= -eps) & (w2 * sign >= -eps)
+        inv_z = (w0 / fz[face, 0] + w1 / fz[face, 1] + w2 / fz[face, 2]) / torch.where(area == 0, 1.0, area)
+        depth = 1.0 / inv_z.clamp_min(1e-12)  # perspective-correct: 1 / z is linear in screen space
+        pixel = (px - 0.5).long() + width * (py - 0.5).long()
+        key = (depth.view(torch.int32).long() << 32) | face  # positive floats order like their bits
+        keys.scatter_reduce_(0, pixel[inside], key[inside], reduce="amin")
+    hit = keys != torch.iinfo(torch.int64).max
+    face = torch.where(hit, keys & 0xFFFFFFFF, -1)
+    # the exact distance along each pixel's unit ray to its face's plane
+    cameras = Cameras(c2w=c2w[None].float().cpu(), K=K[None].float().cpu(),
+                      width=torch.tensor([width]), height=torch.tensor([height])).to(device)
+    origins, directions = cameras.image_rays(0)
+    tri = vertices.float()[faces[face.clamp_min(0)]]
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    normal = torch.linalg.cross(e1, e2)
+    denom = (directions * normal).sum(-1)
+    dist = ((tri[:, 0] - origins) * normal).sum(-1) / torch.where(denom == 0, 1e-20, denom)
+    return torch.where(hit, dist, torch.full_like(dist, float("inf"))), face
+
+
 def albedo(points: torch.Tensor) -> torch.Tensor:
     """A smooth colour field over the scene frame. (N, 3) -> (N, 3) in [0.15, 0.95]."""
     waves = torch.stack([torch.sin(5.0 * points[:, 0] + 1.0), torch.sin(4.0 * points[:, 1] - 0.5),
@@ -118,28 +199,32 @@ def albedo(points: torch.Tensor) -> torch.Tensor:
     return 0.55 + 0.4 * waves
 
 
-def render_mesh_views(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras) -> dict[str, list[torch.Tensor]]:
-    """RGBA (H, W, 4), z-depth (H, W), mask (H, W) and normal (H, W, 3) images of a mesh (scene frame)."""
+def render_mesh_views(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras,
+                      device: torch.device | str | None = None) -> dict[str, list[torch.Tensor]]:
+    """RGBA (H, W, 4), z-depth (H, W), mask (H, W) and normal (H, W, 3) images of a mesh (scene frame), on the
+    CPU; rendered on `device` (default: CUDA when available) with `rasterize`."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vertices, faces = vertices.to(device), faces.to(device)
     _, normals = _face_normals(vertices, faces)
-    light = torch.tensor(LIGHT)
+    light = torch.tensor(LIGHT, device=device)
     light = light / light.norm()
     out = {"rgba": [], "depth": [], "mask": [], "normal": []}
     for i in range(len(cameras)):
         H, W = int(cameras.height[i]), int(cameras.width[i])
-        origins, directions = cameras.image_rays(i)
-        t, face = intersect(origins, directions, vertices, faces)
+        c2w, K = cameras.c2w[i].to(device), cameras.K[i].to(device)
+        t, face = rasterize(vertices, faces, c2w, K, H, W)
+        origins, directions = cameras[i : i + 1].to(device).image_rays(0)
         hit = face >= 0
-        n = torch.zeros(H * W, 3)
-        n[hit] = normals[face[hit]]
+        n = torch.where(hit[:, None], normals[face.clamp_min(0)], 0.0)
         n = torch.where(((n * directions).sum(-1, keepdim=True) > 0), -n, n)  # face the camera
         points = origins + torch.where(hit, t, torch.zeros_like(t))[:, None] * directions
         shade = (0.3 + 0.7 * (n @ light).clamp_min(0))[:, None]
         rgb = (albedo(points) * shade * hit[:, None]).clamp(0, 1)
-        z = torch.where(hit, t * (directions @ cameras.c2w[i, :3, 2]), torch.zeros_like(t))
-        out["rgba"].append(torch.cat([rgb, hit[:, None].float()], -1).reshape(H, W, 4))
-        out["depth"].append(z.reshape(H, W))
-        out["mask"].append(hit.float().reshape(H, W))
-        out["normal"].append(n.reshape(H, W, 3))
+        z = torch.where(hit, t * (directions @ c2w[:3, 2].float()), torch.zeros_like(t))
+        out["rgba"].append(torch.cat([rgb, hit[:, None].float()], -1).reshape(H, W, 4).cpu())
+        out["depth"].append(z.reshape(H, W).cpu())
+        out["mask"].append(hit.float().reshape(H, W).cpu())
+        out["normal"].append(n.reshape(H, W, 3).cpu())
     return out
 
 
@@ -182,5 +267,5 @@ def load_mesh_scene(path: str | Path, split: str = "train", resolution: int = 64
     )
 
 
-__all__ = ["MESH_SUFFIXES", "intersect", "load_mesh_scene", "normalisation", "read_mesh", "render_mesh_views",
-           "sphere_cameras"]
+__all__ = ["MESH_SUFFIXES", "intersect", "load_mesh_scene", "normalisation", "rasterize", "read_mesh",
+           "render_mesh_views", "sphere_cameras"]

@@ -65,4 +65,15 @@ def accumulate_along_rays(weights: torch.Tensor, ray_indices: torch.Tensor, n_ra
     return out.index_add(0, ray_indices, w[:, None] * values.float())
 
 
-__all__ = ["accumulate_along_rays", "render_weight_from_alpha", "transmittance_from_alpha"]
+def composite_over(front: torch.Tensor, front_alpha: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """Colour of a front layer over what lies behind it: front + (1 - front_alpha) back.
+
+    front: premultiplied colour accumulated along the front part of the rays (`accumulate_along_rays`). (R, 3)
+    front_alpha: its accumulated opacity. (R,) in [0, 1]
+    back: premultiplied colour behind it, opaque backgrounds included. (R, 3) or (3,)
+    Returns (R, 3). The same as compositing the front samples, then the back ones, along one ray.
+    """
+    return front + (1.0 - front_alpha)[:, None] * back
+
+
+__all__ = ["accumulate_along_rays", "composite_over", "render_weight_from_alpha", "transmittance_from_alpha"]

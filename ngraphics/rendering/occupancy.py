@@ -11,6 +11,12 @@ A cell is occupied when occs > min(mean occs, threshold). During warm-up every c
 random quarter of the cells plus as many occupied ones, as in instant-ngp.
 
 The grid never owns the field: `update` takes a callback `occ_fn(x: (N, 3) world) -> (N,) opacity`.
+
+Surfaces (NeuS2, instant-nsr-pl): `update_from_sdf` takes a signed distance callback instead and marks the cells
+that may hold the zero level set: |sdf(cell centre)| <= half the cell's diagonal + `band`. The SDF is about
+1-Lipschitz (the eikonal loss), so a cell whose centre is farther than half its diagonal from the surface
+holds none of it; `band` (NeuS: a few 1 / inv_s, the width of the logistic density) keeps the cells where
+NeuS's opacities are not yet negligible. No decay, no running average: the flags follow the current SDF.
 """
 
 from __future__ import annotations
@@ -100,6 +106,10 @@ class OccupancyGrid(nn.Module):
         """Longest cell edge of a level, world units."""
         return float((self.aabb[1] - self.aabb[0]).max()) * 2.0**level / self.resolution
 
+    def cell_diagonal(self, level: int) -> float:
+        """Length of a cell's diagonal at a level, world units (cells may be boxes, not cubes)."""
+        return float((self.aabb[1] - self.aabb[0]).norm()) * 2.0**level / self.resolution
+
     def _grid_coords(self, index: torch.Tensor) -> torch.Tensor:
         res = self.resolution
         return torch.stack([index // (res * res), (index // res) % res, index % res], dim=-1)
@@ -181,6 +191,28 @@ class OccupancyGrid(nn.Module):
                 self.occs[level].scatter_reduce_(0, part, occ, reduce="amax")
         used = self.occs[self.valid]
         self.binary.copy_((self.occs > used.mean().clamp(max=threshold)) & self.valid)
+
+    @torch.no_grad()
+    def update_from_sdf(self, sdf_fn: Callable[[torch.Tensor], torch.Tensor], band: float,
+                        chunk: int = 1 << 18) -> None:
+        """Occupied = cells that may hold the zero level set of an SDF (module docstring).
+
+        Args:
+            sdf_fn: signed distance at world points, (N, 3) float32 -> (N,) float, world units.
+            band: extra distance beyond half the cell diagonal, world units, >= 0 (NeuS: k / inv_s).
+            chunk: cell centres per call of sdf_fn.
+        Sets `binary` (and `occs` to the same flags as 0. / 1.): |sdf(centre)| <= cell_diagonal / 2 + band.
+        """
+        if not band >= 0:
+            raise ValueError(f"update_from_sdf: band must be >= 0, got {band}")
+        for level in range(self.levels):
+            index = torch.nonzero(self.valid[level])[:, 0]
+            limit = 0.5 * self.cell_diagonal(level) + band
+            for start in range(0, index.numel(), chunk):
+                part = index[start : start + chunk]
+                sdf = sdf_fn(self._cell_points(level, part, jitter=False)).reshape(-1).float()
+                self.occs[level, part] = (sdf.abs() <= limit).float()
+        self.binary.copy_((self.occs > 0) & self.valid)
 
     def occupied_fraction(self) -> float:
         """Share of used cells that are occupied (a sync; for logs)."""

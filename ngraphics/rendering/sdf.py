@@ -77,6 +77,26 @@ def ray_box_range(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.T
     return t_near, torch.where(hit, t_far, t_near), hit
 
 
+def ray_sphere_range(origins: torch.Tensor, directions: torch.Tensor, centre: torch.Tensor, radius: float,
+                     near: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where rays enter and leave a sphere (NeuS's foreground region with a NeRF++ background).
+
+    Args:
+        origins, directions: (R, 3) float, unit directions.
+        centre: (3,) float; radius: world units.
+        near: rays start no closer than this.
+    Returns: t_near (R,), t_far (R,), hit (R,) bool (t_far > t_near; misses get t_near = t_far = the point of
+    closest approach, clamped to near: where a background behind the sphere starts).
+    """
+    mid = -((origins - centre) * directions).sum(-1)  # closest approach
+    d2 = ((origins - centre) + mid[:, None] * directions).square().sum(-1)
+    half = torch.sqrt((radius * radius - d2).clamp_min(0.0))
+    t_far = (mid + half).clamp_min(near)
+    t_near = (mid - half).clamp_min(near)
+    hit = (d2 < radius * radius) & (t_far > t_near)
+    return torch.where(hit, t_near, t_far), t_far, hit
+
+
 def stratified_bins(t_near: torch.Tensor, t_far: torch.Tensor, n: int, jitter: bool,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """n + 1 bin edges per ray from t_near to t_far, the inner edges jittered within their bins.
@@ -137,4 +157,4 @@ def importance_weights(t: torch.Tensor, sdf: torch.Tensor, inv_s: float) -> torc
 
 
 __all__ = ["annealed_cos", "importance_weights", "neus_alpha", "neus_alpha_midpoint", "ray_box_range",
-           "sample_pdf", "stratified_bins"]
+           "ray_sphere_range", "sample_pdf", "stratified_bins"]

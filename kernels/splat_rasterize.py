@@ -19,14 +19,16 @@ Maths (per pixel p, Gaussian i of the tile in depth order; see the reference's m
     stop before the first i with T (1 - alpha) <= 1e-4;   out = sum_i T_i alpha_i c_i,   A = 1 - T_final
 
 Backward (gsplat's `rasterize_to_pixels_bwd`): walk back to front from `last`, recovering T_i =
-T_{i+1} / (1 - alpha_i) (alpha <= 0.99 keeps it finite) and carrying S = sum_{j > i} w_j c_j per channel:
+T_{i+1} / (1 - alpha_i) (alpha <= 0.99 keeps it finite) and carrying R = gOut . S, S = sum_{j > i} w_j c_j
+(one number per pixel, whatever the channel count):
 
     dL/dc_i      = sum_p w_i gOut_p                                     (w_i = T_i alpha_i)
-    dL/dalpha_i  = gOut . (T_i c_i - S / (1 - alpha_i)) + gA T_final / (1 - alpha_i)
+    dL/dalpha_i  = T_i (gOut . c_i) - R / (1 - alpha_i) + gA T_final / (1 - alpha_i)
     dL/do_i      = dL/dalpha_i exp(-sigma),  dL/dsigma = -dL/dalpha_i alpha_i   (0 where alpha is clamped)
     dsigma/dmean = (a dx + b dy, b dx + c dy),  dsigma/d(a, b, c) = (dx^2 / 2, dx dy, dy^2 / 2)
 
-Each program sums its pixels' terms and adds them to the Gaussian's gradient with fp32 atomics; the
+Each program sums its pixels' terms (the colour gradient as one (CB,) sum, the six others as one (PIX, 8)
+block, so two reductions per Gaussian) and adds them to the Gaussian's gradient with fp32 atomics; the
 channel blocks' dL/dalpha terms add up (they are linear in the channels), block 0 adds the alpha term.
 """
 
@@ -38,7 +40,7 @@ import triton.language as tl
 
 # Pixels per program (a power of two dividing the tile's 256: a program takes that many consecutive pixels
 # of one tile, so smaller programs reduce over fewer lanes), channels per program, warps. 16 channels keep
-# the forward's (pixels, CB) accumulator and the backward's S buffer within registers (rgb + depth = 4
+# the forward's (pixels, CB) accumulator and the backward's gOut block within registers (rgb + depth = 4
 # channels runs one block). `python -m ngraphics.kernels.bench_splat --sweep` times the choices.
 TUNING = {"pixels": 256, "channels": 16, "warps": 4}
 # The reference's constants (ngraphics/splatting/rasterize.py), as constexpr globals the kernels may read.
@@ -128,7 +130,8 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
     g_alpha = tl.load(g_alpha_ptr + pix, mask=inside, other=0.0)
     g_alpha = tl.where(cb == 0, g_alpha, 0.0)  # block 0 owns the alpha term
     T = T_final
-    S = tl.zeros([PIX, CB], dtype=tl.float32)
+    R = tl.zeros([PIX], dtype=tl.float32)  # gOut . S, S = sum of w c behind the Gaussian (one per pixel)
+    j = tl.arange(0, 8)  # the six per-Gaussian sums below travel as one (PIX, 8) block: one reduction
     i = start + tl.max(last, axis=0) - 1
     while i >= start:
         g = tl.load(ids_ptr + i)
@@ -140,17 +143,21 @@ def _rasterize_bwd_kernel(mu_ptr, con_ptr, col_ptr, opa_ptr, ids_ptr, offsets_pt
         col = tl.load(col_ptr + g * D + ch, mask=ch_ok, other=0.0)  # (CB,)
         d_col = tl.sum(w[:, None] * g_out, axis=0)  # (CB,)
         tl.atomic_add(d_col_ptr + g * D + ch, d_col, mask=ch_ok)
-        d_alpha = tl.sum(g_out * (T[:, None] * col[None, :] - S * ra[:, None]), axis=1)
-        d_alpha += g_alpha * T_final * ra
+        q = tl.sum(g_out * col[None, :], axis=1)  # (PIX,): gOut . c_i
+        d_alpha = T * q - R * ra + g_alpha * T_final * ra
         d_alpha = tl.where(use & (raw <= ALPHA_MAX), d_alpha, 0.0)
         d_sigma = -d_alpha * alpha
-        tl.atomic_add(d_opa_ptr + g, tl.sum(d_alpha * tl.exp(-sigma), axis=0))
-        tl.atomic_add(d_mu_ptr + g * 2, tl.sum(d_sigma * (a * dx + b * dy), axis=0))
-        tl.atomic_add(d_mu_ptr + g * 2 + 1, tl.sum(d_sigma * (b * dx + c * dy), axis=0))
-        tl.atomic_add(d_con_ptr + g * 3, tl.sum(d_sigma * 0.5 * dx * dx, axis=0))
-        tl.atomic_add(d_con_ptr + g * 3 + 1, tl.sum(d_sigma * dx * dy, axis=0))
-        tl.atomic_add(d_con_ptr + g * 3 + 2, tl.sum(d_sigma * 0.5 * dy * dy, axis=0))
-        S += w[:, None] * col[None, :]
+        jj = j[None, :]
+        terms = tl.where(jj == 0, (d_alpha * tl.exp(-sigma))[:, None],  # d opacity
+                tl.where(jj == 1, (d_sigma * (a * dx + b * dy))[:, None],  # d mean x
+                tl.where(jj == 2, (d_sigma * (b * dx + c * dy))[:, None],  # d mean y
+                tl.where(jj == 3, (d_sigma * 0.5 * dx * dx)[:, None],  # d conic a
+                tl.where(jj == 4, (d_sigma * dx * dy)[:, None],  # d conic b
+                tl.where(jj == 5, (d_sigma * 0.5 * dy * dy)[:, None], 0.0))))))  # d conic c
+        targets = tl.where(j == 0, d_opa_ptr + g, tl.where(j < 3, d_mu_ptr + g * 2 + (j - 1),
+                                                           d_con_ptr + g * 3 + (j - 3)))
+        tl.atomic_add(targets, tl.sum(terms, axis=0), mask=j < 6)
+        R += w * q
         i -= 1
 
 

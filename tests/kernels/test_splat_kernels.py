@@ -285,7 +285,10 @@ def test_project_parity_gpu(mip):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("D", [4, 67])
-def test_stage_parity_gpu(D):
+@pytest.mark.parametrize("pixels,warps", [(256, 4), (32, 1), (64, 2)])
+def test_stage_parity_gpu(D, pixels, warps, monkeypatch):
+    monkeypatch.setitem(ksplat.TUNING, "pixels", pixels)
+    monkeypatch.setitem(ksplat.TUNING, "warps", warps)
     gen = torch.Generator().manual_seed(40 + D)
     scene, cams = _gpu_scene(10_000, gen)
     check_stage(scene, cams, D, gen, rel_norm, GPU_TOL)

@@ -3,14 +3,17 @@ rendering, checkpoints that size Gaussians from the checkpoint, exports and --in
 target on the procedural scene (threshold: see PROCEDURAL_* below)."""
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
+from ngraphics.cameras import Cameras
 from ngraphics.data.load import load_dataset
-from ngraphics.errors import ConfigError
-from ngraphics.io.splat_files import read_splats
+from ngraphics.data.scene import SceneData
+from ngraphics.errors import ConfigError, DataError
+from ngraphics.io.splat_files import read_splats, write_splats
 from ngraphics.methods import METHODS
 from ngraphics.methods.splat import Splat, SplatConfig, knn_scale, ssim_loss
 from ngraphics.metrics.image import ssim
@@ -146,6 +149,130 @@ def test_export_and_init_from_file(scene, tmp_path):
     assert len(fine.params["means"]) == 80 and fine.params["shN"].shape == (80, 8, 3)
     assert torch.equal(fine.params["sh0"], m.params["sh0"].detach())
     assert torch.count_nonzero(fine.params["shN"][:, 3:]) == 0  # degree 1 file, degree 2 config: padded
+
+
+def tiny_scene(points=None) -> SceneData:
+    """Two 16x16 cameras at the origin (OpenCV: looking along +z), a scene box in front of them."""
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 0.5
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).expand(2, 3, 3).clone()
+    cameras = Cameras(c2w, K, torch.tensor([16, 16]), torch.tensor([16, 16]))
+    colors = None if points is None else torch.full_like(points, 0.5)
+    return SceneData(cameras, [torch.zeros(16, 16, 3)] * 2, ["a", "b"], torch.tensor([[-1.0, -1, 1], [1, 1, 3]]),
+                     points=points, point_colors=colors)
+
+
+def test_cameras_that_see_none_are_one_error(tmp_path):
+    m = Splat(small(init_points=30), tiny_scene())  # random points in the box: seen
+    behind = torch.tensor([0.0, 0.0, -5.0]) + torch.randn(10, 3) * 0.1
+    with pytest.raises(DataError, match=r"^the scene's seed points: the 2 training cameras see none of the 10 "
+                                        r"Gaussians \(Gaussians around \(.*\), cameras around \(0.25, 0, 0\)\): are"):
+        Splat(small(), tiny_scene(behind))
+    far = m.splats()
+    far.means = far.means - torch.tensor([0.0, 0.0, 10.0])
+    write_splats(tmp_path / "far.spz", far)
+    with pytest.raises(DataError, match=f"^model.init {tmp_path / 'far.spz'}: the 2 training cameras see none of "
+                                        "the 30 Gaussians"):
+        Splat(small(init=str(tmp_path / "far.spz")), tiny_scene())
+    cams = tiny_scene().cameras
+    assert m.check_in_view(cams, "x").tolist() == [30, 30] or int(m.check_in_view(cams, "x").sum()) > 0
+    turned = Cameras(cams.c2w @ torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])), cams.K, cams.width, cams.height)
+    with pytest.raises(DataError, match="^orbit: see none of the 30 Gaussians"):
+        m.check_in_view(turned, "orbit:")
+
+
+def test_from_splats_renders_a_file_like_the_trained_method(tmp_path):
+    m = Splat(small(init_points=40), tiny_scene())
+    path = m.export("ply", tmp_path / "s.ply")
+    f = Splat.from_splats(read_splats(path))
+    assert f.config.sh_degree == 1 and len(f.params["means"]) == 40 and f.params["features"].shape == (40, 0)
+    cams = tiny_scene().cameras
+    assert torch.allclose(f.render(cams, torch.zeros(3))["rgb"], m.render(cams, torch.zeros(3))["rgb"], atol=1e-6)
+
+
+def test_evaluation_records_count_gaussians_and_peak_memory(scene):
+    m = Splat(small(init_points=60), scene)
+    out = m.metrics(scene, [])
+    assert out["gaussians"] == 60 and 0.01 < out["peak_rss_gb"] < 1024 and "peak_gpu_gb" not in out
+
+
+def write_blender(folder, eyes, size=16):
+    """A tiny NeRF-synthetic-style dataset (train = test): cameras at `eyes` looking at the origin, y up
+    (OpenGL axes), random RGBA images of size x size."""
+    from ngraphics.io.images import write_image
+
+    frames = []
+    for i, eye in enumerate(torch.tensor(eyes, dtype=torch.float32)):
+        back = eye / eye.norm()
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0]), back)
+        right = right / right.norm()
+        c2w = torch.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, torch.linalg.cross(back, right), back, eye
+        frames.append({"file_path": f"./r_{i}", "transform_matrix": c2w.tolist()})
+        write_image(folder / f"r_{i}.png", torch.rand(size, size, 4, generator=torch.Generator().manual_seed(i)))
+    for split in ("train", "test"):
+        (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": frames}))
+    return folder
+
+
+def test_cli_train_eval_records_init_from_file_and_render_file(tmp_path, capsys):
+    """`train --method splat` with eval_every: each test record has PSNR, SSIM, gaussians, peak memory and
+    time; `export splat`; `train --init FILE` fine-tunes it; `render FILE` without and with --data."""
+    from ngraphics.cli import main
+    from ngraphics.io.images import read_image
+
+    (tmp_path / "data").mkdir()
+    data = write_blender(tmp_path / "data", [[0, 0, 4], [3, 0, 3], [-3, 1, 3]])
+    tiny = ["--data", str(data), "--quiet", "--set", "model.init_points=150", "--set", "trainer.render_final=false",
+            "--set", "trainer.eval_every=2", "--set", "model.sh_degree=1"]
+    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "a", "--set",
+                 "trainer.steps=4"] + tiny) == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in evals] == [2, 4] and evals[-1]["n_views"] == 3
+    for r in evals:
+        assert {"psnr", "ssim", "gaussians", "peak_rss_gb", "time"} <= set(r) and r["gaussians"] == 150
+    assert main(["export", "splat", str(tmp_path / "a"), "--format", "splat"]) == 0
+    exported = tmp_path / "a" / "export" / "splats.splat"
+    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "b", "--init", str(exported),
+                 "--set", "trainer.steps=2"] + tiny + ["--set", "model.init_points=99"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["gaussians"] for r in records if r["split"] == "test"] == [150]  # the file's, not 99 new points
+    assert main(["eval", str(tmp_path / "b")]) == 0  # rebuilt from the run folder
+    assert main(["render", str(exported), "--frames", "2", "--scale", "0.1", "--format", "png", "--out",
+                 str(tmp_path / "ring")]) == 0
+    frames = sorted((tmp_path / "ring").iterdir())
+    assert [p.name for p in frames] == ["frame_0000.png", "frame_0001.png"]
+    image = read_image(frames[0])
+    assert image.shape == (48, 64, 3) and float(image.max()) > 0.2  # the Gaussians are on screen
+    assert main(["render", str(exported), "--data", str(data), "--path", "train", "--out",
+                 str(tmp_path / "train.mp4")]) == 0
+    assert (tmp_path / "train.mp4").stat().st_size > 0
+    assert "3 of 3 frames see some" in capsys.readouterr().err
+
+
+def test_cli_render_and_init_when_no_camera_sees_the_file(tmp_path, capsys):
+    """A splat file behind every camera of a dataset: one error line, no video, no run folder."""
+    from ngraphics.cli import main
+
+    (tmp_path / "data").mkdir()
+    data = write_blender(tmp_path / "data", [[0, 0, 4], [0.5, 0, 4]])  # looking along -z
+    m = Splat(small(init_points=20), tiny_scene())
+    behind = m.splats()
+    behind.means = behind.means + torch.tensor([0.0, 0.0, 10.0])  # z in [11, 13]: behind both cameras
+    write_splats(tmp_path / "behind.ply", behind)
+    capsys.readouterr()
+    assert main(["render", str(tmp_path / "behind.ply"), "--data", str(data), "--path", "train", "--out",
+                 str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ngraphics render: error: {tmp_path / 'behind.ply'}: the 2 cameras of path train (from the "
+                   f"training cameras of {data}) see none of the 20 Gaussians" + err[0].split("Gaussians", 1)[1]]
+    assert not (tmp_path / "v.mp4").exists()
+    assert main(["train", "--method", "splat", "--data", str(data), "--init", str(tmp_path / "behind.ply"),
+                 "--runs-dir", str(tmp_path / "runs"), "--name", "x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train: error: model.init " in err and "the 2 training cameras see none of the 20 Gaussians" in err
+    assert not (tmp_path / "runs" / "x").exists()
 
 
 @pytest.mark.slow

@@ -19,14 +19,22 @@ from ngraphics.methods.splat import Splat, SplatConfig, knn_scale, ssim_loss
 from ngraphics.metrics.image import ssim
 from ngraphics.splatting.strategy import DefaultStrategy, MCMCStrategy
 
-# `ngraphics train --method splat` (configs/splat/default.yaml, 400 steps, seed 0) on the procedural scene, 2-core
-# CPU, 2026-12-02: 27.37 dB test PSNR, SSIM 0.955 (twice, identical: the CPU path is deterministic; 70 s
-# wall in a script on a quiet machine, 500 s of training while it was shared by four jobs). The run of 10x the steps that
-# should set the threshold (4000 steps, sh_degree_interval 2000, refine 500..3200 every 100) was stopped at
-# step ~1150 (train-view PSNR 28-31 dB, 3747 Gaussians) when the shared machine slowed it to < 1 view/s, so
-# the threshold is the 400-step result less 1.4 dB until that run is done.
+# `ngraphics train --method splat` (configs/splat/default.yaml, 400 steps, seed 0) on the procedural scene,
+# measured 2026-12-02 on the shared 2-core CPU (torch 2.13.0+cpu, one intra-op thread, load average ~12 from
+# other jobs):
+#   OMP_NUM_THREADS=1 ngraphics train --method splat --set trainer.render_final=false
+# 27.37 dB test PSNR on the 8 test views, SSIM 0.955, 2218 Gaussians, 136.6 s of training, 162 s wall for the
+# whole command (61 s of CPU time). The run of 10x the steps, every step-valued key scaled by 10:
+#   OMP_NUM_THREADS=1 nice ngraphics train --method splat --set trainer.steps=4000 \
+#     --set model.sh_degree_interval=2000 --set model.densify.refine_start=500 \
+#     --set model.densify.refine_stop=3200 --set model.densify.refine_every=500 --set trainer.eval_every=500
+# reached 30.73 dB, SSIM 0.982, 2356 Gaussians (2086 s of training on the loaded machine, 476 s of CPU time;
+# 4-view PSNR at steps 500..3500: 19.6, 20.8, 23.4, 26.0, 28.0, 29.7, 30.6: converged). The 400-step run stays
+# 3.4 dB below that; the threshold sits 4.7 dB below the 10x result, 1.4 dB below the 400-step result (seeds,
+# thread counts, torch versions): it checks that the default run reconstructs the scene, not that it converged.
+PROCEDURAL_PSNR_10X = 30.73
 PROCEDURAL_PSNR_400 = 27.37
-PROCEDURAL_THRESHOLD = 26.0
+PROCEDURAL_THRESHOLD = PROCEDURAL_PSNR_10X - 4.73  # 26.0
 
 
 @pytest.fixture(scope="module")
@@ -277,22 +285,37 @@ def test_cli_render_and_init_when_no_camera_sees_the_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_trains_procedural_scene_to_threshold(tmp_path):
-    """`ngraphics train --method splat` in under 3 minutes on 2 cores, then `export splat`."""
+    """`ngraphics train --method splat` in under 3 minutes of training on a 2-core CPU, then `export splat`."""
     import time
 
     from ngraphics.cli import main
 
-    start = time.time()
-    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "r", "--quiet",
-                 "--set", "trainer.render_final=false"]) == 0
-    import json
+    # one intra-op thread, as the NeRF test: CI runs two workers on two cores, and a second thread per worker
+    # (or any other load on the cores) slows torch's CPU kernels many-fold (0.1 views/s instead of 8 measured)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.time()
+        assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "r", "--quiet",
+                     "--set", "trainer.render_final=false"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r.get("split") == "test" and "psnr" in r][-1]
+    assert final["step"] == 400 and final["n_views"] == 8
     assert final["time"] < 180, f"training took {final['time']:.0f} s (wall {time.time() - start:.0f} s)"
     assert final["psnr"] >= PROCEDURAL_THRESHOLD, final
-    from ngraphics.cli import main
     assert main(["export", "splat", str(tmp_path / "r"), "--format", "spz"]) == 0
-    assert len(read_splats(tmp_path / "r" / "export" / "splats.spz")) > 100
+    assert len(read_splats(tmp_path / "r" / "export" / "splats.spz")) == final["gaussians"]
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_records_peak_gpu_memory(scene):
+    m = Splat(small(init_points=500), scene, device="cuda")
+    sampler = m.sampler(scene, "cuda")
+    m.train_step({**sampler.sample(), "step": 0, "progress": 0.0})
+    out = m.metrics(scene, [])
+    assert out["gaussians"] == 500 and 0 < out["peak_gpu_gb"] < 140
 
 
 @pytest.mark.gpu

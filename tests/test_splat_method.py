@@ -3,27 +3,38 @@ rendering, checkpoints that size Gaussians from the checkpoint, exports and --in
 target on the procedural scene (threshold: see PROCEDURAL_* below)."""
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
+from ngraphics.cameras import Cameras
 from ngraphics.data.load import load_dataset
-from ngraphics.errors import ConfigError
-from ngraphics.io.splat_files import read_splats
+from ngraphics.data.scene import SceneData
+from ngraphics.errors import ConfigError, DataError
+from ngraphics.io.splat_files import read_splats, write_splats
 from ngraphics.methods import METHODS
 from ngraphics.methods.splat import Splat, SplatConfig, knn_scale, ssim_loss
 from ngraphics.metrics.image import ssim
 from ngraphics.splatting.strategy import DefaultStrategy, MCMCStrategy
 
-# `ngraphics train --method splat` (configs/splat/default.yaml, 400 steps, seed 0) on the procedural scene, 2-core
-# CPU, 2026-12-02: 27.37 dB test PSNR, SSIM 0.955 (twice, identical: the CPU path is deterministic; 70 s
-# wall in a script on a quiet machine, 500 s of training while it was shared by four jobs). The run of 10x the steps that
-# should set the threshold (4000 steps, sh_degree_interval 2000, refine 500..3200 every 100) was stopped at
-# step ~1150 (train-view PSNR 28-31 dB, 3747 Gaussians) when the shared machine slowed it to < 1 view/s, so
-# the threshold is the 400-step result less 1.4 dB until that run is done.
+# `ngraphics train --method splat` (configs/splat/default.yaml, 400 steps, seed 0) on the procedural scene,
+# measured 2026-12-02 on the shared 2-core CPU (torch 2.13.0+cpu, one intra-op thread, load average ~12 from
+# other jobs):
+#   OMP_NUM_THREADS=1 ngraphics train --method splat --set trainer.render_final=false
+# 27.37 dB test PSNR on the 8 test views, SSIM 0.955, 2218 Gaussians, 136.6 s of training, 162 s wall for the
+# whole command (61 s of CPU time). The run of 10x the steps, every step-valued key scaled by 10:
+#   OMP_NUM_THREADS=1 nice ngraphics train --method splat --set trainer.steps=4000 \
+#     --set model.sh_degree_interval=2000 --set model.densify.refine_start=500 \
+#     --set model.densify.refine_stop=3200 --set model.densify.refine_every=500 --set trainer.eval_every=500
+# reached 30.73 dB, SSIM 0.982, 2356 Gaussians (2086 s of training on the loaded machine, 476 s of CPU time;
+# 4-view PSNR at steps 500..3500: 19.6, 20.8, 23.4, 26.0, 28.0, 29.7, 30.6: converged). The 400-step run stays
+# 3.4 dB below that; the threshold sits 4.7 dB below the 10x result, 1.4 dB below the 400-step result (seeds,
+# thread counts, torch versions): it checks that the default run reconstructs the scene, not that it converged.
+PROCEDURAL_PSNR_10X = 30.73
 PROCEDURAL_PSNR_400 = 27.37
-PROCEDURAL_THRESHOLD = 26.0
+PROCEDURAL_THRESHOLD = PROCEDURAL_PSNR_10X - 4.73  # 26.0
 
 
 @pytest.fixture(scope="module")
@@ -148,24 +159,163 @@ def test_export_and_init_from_file(scene, tmp_path):
     assert torch.count_nonzero(fine.params["shN"][:, 3:]) == 0  # degree 1 file, degree 2 config: padded
 
 
+def tiny_scene(points=None) -> SceneData:
+    """Two 16x16 cameras at the origin (OpenCV: looking along +z), a scene box in front of them."""
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 0.5
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).expand(2, 3, 3).clone()
+    cameras = Cameras(c2w, K, torch.tensor([16, 16]), torch.tensor([16, 16]))
+    colors = None if points is None else torch.full_like(points, 0.5)
+    return SceneData(cameras, [torch.zeros(16, 16, 3)] * 2, ["a", "b"], torch.tensor([[-1.0, -1, 1], [1, 1, 3]]),
+                     points=points, point_colors=colors)
+
+
+def test_cameras_that_see_none_are_one_error(tmp_path):
+    m = Splat(small(init_points=30), tiny_scene())  # random points in the box: seen
+    behind = torch.tensor([0.0, 0.0, -5.0]) + torch.randn(10, 3) * 0.1
+    with pytest.raises(DataError, match=r"^the scene's seed points: the 2 training cameras see none of the 10 "
+                                        r"Gaussians \(Gaussians around \(.*\), cameras around \(0.25, 0, 0\)\): are"):
+        Splat(small(), tiny_scene(behind))
+    far = m.splats()
+    far.means = far.means - torch.tensor([0.0, 0.0, 10.0])
+    write_splats(tmp_path / "far.spz", far)
+    with pytest.raises(DataError, match=f"^model.init {tmp_path / 'far.spz'}: the 2 training cameras see none of "
+                                        "the 30 Gaussians"):
+        Splat(small(init=str(tmp_path / "far.spz")), tiny_scene())
+    cams = tiny_scene().cameras
+    assert m.check_in_view(cams, "x").tolist() == [30, 30] or int(m.check_in_view(cams, "x").sum()) > 0
+    turned = Cameras(cams.c2w @ torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])), cams.K, cams.width, cams.height)
+    with pytest.raises(DataError, match="^orbit: see none of the 30 Gaussians"):
+        m.check_in_view(turned, "orbit:")
+
+
+def test_from_splats_renders_a_file_like_the_trained_method(tmp_path):
+    m = Splat(small(init_points=40), tiny_scene())
+    path = m.export("ply", tmp_path / "s.ply")
+    f = Splat.from_splats(read_splats(path))
+    assert f.config.sh_degree == 1 and len(f.params["means"]) == 40 and f.params["features"].shape == (40, 0)
+    cams = tiny_scene().cameras
+    assert torch.allclose(f.render(cams, torch.zeros(3))["rgb"], m.render(cams, torch.zeros(3))["rgb"], atol=1e-6)
+
+
+def test_evaluation_records_count_gaussians_and_peak_memory(scene):
+    m = Splat(small(init_points=60), scene)
+    out = m.metrics(scene, [])
+    assert out["gaussians"] == 60 and 0.01 < out["peak_rss_gb"] < 1024 and "peak_gpu_gb" not in out
+
+
+def write_blender(folder, eyes, size=16):
+    """A tiny NeRF-synthetic-style dataset (train = test): cameras at `eyes` looking at the origin, y up
+    (OpenGL axes), random RGBA images of size x size."""
+    from ngraphics.io.images import write_image
+
+    frames = []
+    for i, eye in enumerate(torch.tensor(eyes, dtype=torch.float32)):
+        back = eye / eye.norm()
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0]), back)
+        right = right / right.norm()
+        c2w = torch.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, torch.linalg.cross(back, right), back, eye
+        frames.append({"file_path": f"./r_{i}", "transform_matrix": c2w.tolist()})
+        write_image(folder / f"r_{i}.png", torch.rand(size, size, 4, generator=torch.Generator().manual_seed(i)))
+    for split in ("train", "test"):
+        (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": frames}))
+    return folder
+
+
+def test_cli_train_eval_records_init_from_file_and_render_file(tmp_path, capsys):
+    """`train --method splat` with eval_every: each test record has PSNR, SSIM, gaussians, peak memory and
+    time; `export splat`; `train --init FILE` fine-tunes it; `render FILE` without and with --data."""
+    from ngraphics.cli import main
+    from ngraphics.io.images import read_image
+
+    (tmp_path / "data").mkdir()
+    data = write_blender(tmp_path / "data", [[0, 0, 4], [3, 0, 3], [-3, 1, 3]])
+    tiny = ["--data", str(data), "--quiet", "--set", "model.init_points=150", "--set", "trainer.render_final=false",
+            "--set", "trainer.eval_every=2", "--set", "model.sh_degree=1"]
+    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "a", "--set",
+                 "trainer.steps=4"] + tiny) == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in evals] == [2, 4] and evals[-1]["n_views"] == 3
+    for r in evals:
+        assert {"psnr", "ssim", "gaussians", "peak_rss_gb", "time"} <= set(r) and r["gaussians"] == 150
+    assert main(["export", "splat", str(tmp_path / "a"), "--format", "splat"]) == 0
+    exported = tmp_path / "a" / "export" / "splats.splat"
+    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "b", "--init", str(exported),
+                 "--set", "trainer.steps=2"] + tiny + ["--set", "model.init_points=99"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["gaussians"] for r in records if r["split"] == "test"] == [150]  # the file's, not 99 new points
+    assert main(["eval", str(tmp_path / "b")]) == 0  # rebuilt from the run folder
+    assert main(["render", str(exported), "--frames", "2", "--scale", "0.1", "--format", "png", "--out",
+                 str(tmp_path / "ring")]) == 0
+    frames = sorted((tmp_path / "ring").iterdir())
+    assert [p.name for p in frames] == ["frame_0000.png", "frame_0001.png"]
+    image = read_image(frames[0])
+    assert image.shape == (48, 64, 3) and float(image.max()) > 0.2  # the Gaussians are on screen
+    assert main(["render", str(exported), "--data", str(data), "--path", "train", "--out",
+                 str(tmp_path / "train.mp4")]) == 0
+    assert (tmp_path / "train.mp4").stat().st_size > 0
+    assert "3 of 3 frames see some" in capsys.readouterr().err
+
+
+def test_cli_render_and_init_when_no_camera_sees_the_file(tmp_path, capsys):
+    """A splat file behind every camera of a dataset: one error line, no video, no run folder."""
+    from ngraphics.cli import main
+
+    (tmp_path / "data").mkdir()
+    data = write_blender(tmp_path / "data", [[0, 0, 4], [0.5, 0, 4]])  # looking along -z
+    m = Splat(small(init_points=20), tiny_scene())
+    behind = m.splats()
+    behind.means = behind.means + torch.tensor([0.0, 0.0, 10.0])  # z in [11, 13]: behind both cameras
+    write_splats(tmp_path / "behind.ply", behind)
+    capsys.readouterr()
+    assert main(["render", str(tmp_path / "behind.ply"), "--data", str(data), "--path", "train", "--out",
+                 str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ngraphics render: error: {tmp_path / 'behind.ply'}: the 2 cameras of path train (from the "
+                   f"training cameras of {data}) see none of the 20 Gaussians" + err[0].split("Gaussians", 1)[1]]
+    assert not (tmp_path / "v.mp4").exists()
+    assert main(["train", "--method", "splat", "--data", str(data), "--init", str(tmp_path / "behind.ply"),
+                 "--runs-dir", str(tmp_path / "runs"), "--name", "x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train: error: model.init " in err and "the 2 training cameras see none of the 20 Gaussians" in err
+    assert not (tmp_path / "runs" / "x").exists()
+
+
 @pytest.mark.slow
 def test_cli_trains_procedural_scene_to_threshold(tmp_path):
-    """`ngraphics train --method splat` in under 3 minutes on 2 cores, then `export splat`."""
+    """`ngraphics train --method splat` in under 3 minutes of training on a 2-core CPU, then `export splat`."""
     import time
 
     from ngraphics.cli import main
 
-    start = time.time()
-    assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "r", "--quiet",
-                 "--set", "trainer.render_final=false"]) == 0
-    import json
+    # one intra-op thread, as the NeRF test: CI runs two workers on two cores, and a second thread per worker
+    # (or any other load on the cores) slows torch's CPU kernels many-fold (0.1 views/s instead of 8 measured)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.time()
+        assert main(["train", "--method", "splat", "--runs-dir", str(tmp_path), "--name", "r", "--quiet",
+                     "--set", "trainer.render_final=false"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r.get("split") == "test" and "psnr" in r][-1]
+    assert final["step"] == 400 and final["n_views"] == 8
     assert final["time"] < 180, f"training took {final['time']:.0f} s (wall {time.time() - start:.0f} s)"
     assert final["psnr"] >= PROCEDURAL_THRESHOLD, final
-    from ngraphics.cli import main
     assert main(["export", "splat", str(tmp_path / "r"), "--format", "spz"]) == 0
-    assert len(read_splats(tmp_path / "r" / "export" / "splats.spz")) > 100
+    assert len(read_splats(tmp_path / "r" / "export" / "splats.spz")) == final["gaussians"]
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_records_peak_gpu_memory(scene):
+    m = Splat(small(init_points=500), scene, device="cuda")
+    sampler = m.sampler(scene, "cuda")
+    m.train_step({**sampler.sample(), "step": 0, "progress": 0.0})
+    out = m.metrics(scene, [])
+    assert out["gaussians"] == 500 and 0 < out["peak_gpu_gb"] < 140
 
 
 @pytest.mark.gpu

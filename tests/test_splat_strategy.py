@@ -152,3 +152,21 @@ def test_mcmc_relocates_dead_and_grows_to_budget():
         match = (params["sh0"][row] == params["sh0"][5:20]).all(-1).all(-1)
         assert match.any()
         assert torch.count_nonzero(moments(params, opt, "sh0")[row]) == 0
+
+
+def test_nan_parameters_stop_at_the_next_refine_step():
+    params, opt = make(N=4)
+    strategy = DefaultStrategy(refine_start=0, refine_every=2)
+    means2d = torch.zeros(1, 4, 2, requires_grad=True)
+    means2d.grad = torch.zeros(1, 4, 2)
+    info = {"means2d": means2d, "radii": torch.tensor([[3, 3, 3, 3]]), "alpha": torch.zeros(1, 10, 40, 1)}
+    state = strategy.initialize_state()
+    params["means"].data[1, 2] = float("nan")
+    strategy.step_post_backward(params, opt, state, 1, info, 1.0)  # not a refine step: no sync, no check
+    with pytest.raises(DataError, match=r"step 2: Gaussians with NaN or infinite parameters: means \(1\) of 4; "
+                                        "training diverged"):
+        strategy.step_post_backward(params, opt, state, 2, info, 1.0)
+    params, opt = make(N=4)
+    params["scales"].data[0] = float("inf")
+    with pytest.raises(DataError, match=r"step 3: .*scales \(1\) of 4"):
+        MCMCStrategy(refine_start=0, refine_every=3, noise_lr=0.0).step_post_backward(params, opt, {}, 3, {}, 1e-3)

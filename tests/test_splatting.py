@@ -378,3 +378,62 @@ def test_garden_renders_on_the_reference():
         assert torch.isfinite(out[k]).all(), k
     assert 0 <= out["alpha"].min() and out["alpha"].max() <= 1
     assert (out["alpha"] > 0.5).float().mean() > 0.2  # the garden fills much of every view
+
+
+# ---------------------------------------------------------------------------------------------------------
+# views: which cameras see which Gaussians, cameras around Gaussians
+
+
+def test_gaussians_in_view_against_a_pinhole_count():
+    """Tiny Gaussians (3-sigma box of 2 px from the 0.3 px low-pass) are in view iff their centre lands
+    within 2 px of the image and in front of the camera: counted here with a plain pinhole projection."""
+    from ngraphics.splatting.views import gaussians_in_view
+
+    gen = torch.Generator().manual_seed(5)
+    means = (torch.rand(500, 3, generator=gen) * 2 - 1) * 6
+    cams = look_at_cameras(3, 40, 30)
+    cams = Cameras.cat([cams, Cameras(cams.c2w[:1].clone(), cams.K[:1] * torch.tensor([[2.0], [2.0], [1.0]]),
+                                      torch.tensor([80]), torch.tensor([60]))])  # another size, same view
+    counts = gaussians_in_view(means, torch.tensor([[1.0, 0, 0, 0]]).expand(500, 4), torch.full((500, 3), 1e-6),
+                               cams)
+    expected = []
+    for i in range(len(cams)):
+        w2c = torch.linalg.inv(cams.c2w[i].double())
+        p = means.double() @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = p[:, :2] / p[:, 2:] * cams.K[i].diagonal()[:2].double() + cams.K[i, :2, 2].double()
+        W, H = int(cams.width[i]), int(cams.height[i])
+        inside = (uv[:, 0] > -2) & (uv[:, 0] < W + 2) & (uv[:, 1] > -2) & (uv[:, 1] < H + 2) & (p[:, 2] > 0.01)
+        expected.append(int(inside.sum()))
+    assert counts.tolist() == expected and min(expected) > 10
+    near = means[means.norm(dim=1) < 3]  # the cameras stand 4 from the origin: turned around, they see none
+    away = Cameras(cams.c2w @ torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])), cams.K, cams.width, cams.height)
+    counts = gaussians_in_view(near, torch.tensor([[1.0, 0, 0, 0]]).expand(len(near), 4),
+                               torch.full((len(near), 3), 1e-6), away)
+    assert len(near) >= 10 and counts.tolist() == [0] * 4
+
+
+def test_cameras_around_frame_the_points():
+    from ngraphics.splatting.views import cameras_around
+
+    gen = torch.Generator().manual_seed(2)
+    points = torch.randn(2000, 3, generator=gen) * torch.tensor([3.0, 1.0, 2.0]) + torch.tensor([10.0, -4.0, 7.0])
+    points[:20] *= 1000  # far-away outliers do not move the ring
+    for up in [(0.0, -1.0, 0.0), (0.0, 0.0, 1.0)]:
+        cams = cameras_around(points, n_cameras=6, width=64, height=48, up=up)
+        assert len(cams) == 6 and cams.width.tolist() == [64] * 6 and cams.height.tolist() == [48] * 6
+        centre = points.median(0).values
+        r = float((points - centre).norm(dim=1).quantile(0.9))
+        upv = torch.tensor(up)
+        assert torch.allclose((cams.origins - centre).norm(dim=1), torch.full((6,), 1.1 * r / math.sin(
+            math.atan(24 / cams.K[0, 0, 0]))), rtol=1e-4)
+        for i in range(6):
+            w2c = torch.linalg.inv(cams.c2w[i])
+            p = centre @ w2c[:3, :3].T + w2c[:3, 3]
+            assert torch.allclose(p[:2] / p[2] * cams.K[i, 0, 0] + cams.K[i, :2, 2], torch.tensor([32.0, 24.0]),
+                                  atol=1e-3)  # the centre is in the middle of the image
+            up_in_image = -cams.c2w[i, :3, 1]  # OpenCV y points down
+            assert float(up_in_image @ upv) > 0.9  # upright, 20 degrees down
+            inner = points[(points - centre).norm(dim=1) <= r]
+            q = inner @ w2c[:3, :3].T + w2c[:3, 3]
+            uv = q[:, :2] / q[:, 2:] * cams.K[i, 0, 0] + cams.K[i, :2, 2]
+            assert ((uv >= 0) & (uv <= torch.tensor([64.0, 48.0]))).all()  # the 90 % sphere fits the image

@@ -92,7 +92,7 @@ class Splats:
 
 
 def _float(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return torch.from_numpy(np.array(a, dtype=np.float32, order="C"))  # a copy: file buffers are read-only
 
 
 def _finite_for_writing(splats: Splats, path: Path) -> tuple[Splats, int]:
@@ -132,18 +132,19 @@ def read_ply(path: str | Path) -> Splats:
     if not data.startswith(b"ply\n") or end < 0:
         raise DataError(f"{path}: not a PLY file (no 'ply' ... 'end_header' header)")
     lines = [ln.strip() for ln in data[:end].decode("ascii", "replace").splitlines()[1:]]
-    lines = [ln for ln in lines if ln and not ln.startswith(("comment", "obj_info"))]
+    lines = [ln for ln in lines if ln and not ln.startswith(("comment", "obj_info"))] + ["", ""]
     if lines[0] != "format binary_little_endian 1.0":
         raise DataError(f"{path}: expected 'format binary_little_endian 1.0', got {lines[0]!r}")
-    if not lines[1].startswith("element vertex "):
+    element = lines[1].split()
+    if len(element) != 3 or element[:2] != ["element", "vertex"] or not element[2].isdigit():
         raise DataError(f"{path}: expected 'element vertex N' first, got {lines[1]!r}")
-    N = int(lines[1].split()[2])
+    N = int(element[2])
     props = []
-    for ln in lines[2:]:
+    for ln in lines[2:-2]:
         parts = ln.split()
         if parts[0] == "element":
             break
-        if parts[0] != "property" or parts[1] not in ("float", "float32"):
+        if len(parts) != 3 or parts[0] != "property" or parts[1] not in ("float", "float32"):
             raise DataError(f"{path}: vertex property {ln!r} is not a float32 (3DGS files hold float32 only)")
         props.append(parts[2])
     body = data[end + len(b"end_header\n"):]
@@ -325,6 +326,8 @@ def read_spz(path: str | Path) -> Splats:
                         "supported (versions 2, 3: gzip; 4: zstd streams)")
     if N > SPZ_MAX_POINTS or degree > 3:
         raise DataError(f"{path}: {N} points of SH degree {degree}: expected <= {SPZ_MAX_POINTS} points, degree <= 3")
+    if frac > 23:
+        raise DataError(f"{path}: {frac} fractional bits of 24-bit positions: expected 0..23 (not a .spz file?)")
     if flags & 2:
         raise DataError(f"{path}: .spz extensions (flags & 2) are not supported")
     rot_bytes = 4 if version >= 3 else 3
@@ -368,8 +371,10 @@ def _zstd_streams(path: Path, data: bytes, n_streams: int, sizes: list[int]) -> 
 
     if n_streams != len(sizes):
         raise DataError(f"{path}: .spz v4 header lists {n_streams} streams, expected {len(sizes)}")
+    if len(data) < 32:
+        raise DataError(f"{path}: truncated: {len(data)} bytes is too short for a .spz v4 header (32 bytes)")
     (toc,) = struct.unpack_from("<I", data, 16)
-    if len(data) < toc + 16 * n_streams:
+    if toc < 32 or len(data) < toc + 16 * n_streams:
         raise DataError(f"{path}: truncated .spz v4 stream table")
     offset, streams = toc + 16 * n_streams, []
     for i, size in enumerate(sizes):
@@ -395,11 +400,12 @@ def read_splats(path: str | Path) -> Splats:
     """Read a .ply, .splat or .spz file (by its suffix)."""
     path = Path(path)
     readers = {".ply": read_ply, ".splat": read_splat, ".spz": read_spz}
-    if path.suffix not in readers:
+    suffix = path.suffix.lower()
+    if suffix not in readers:
         raise DataError(f"{path}: unknown splat file suffix {path.suffix!r} (expected .ply, .splat or .spz)")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return readers[path.suffix](path)
+    return readers[suffix](path)
 
 
 def write_splats(path: str | Path, splats: Splats, format: str | None = None) -> int:

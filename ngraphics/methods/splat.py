@@ -34,7 +34,8 @@ from ngraphics.io.splat_files import FORMATS, Splats, read_splats, write_splats
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
 from ngraphics.metrics.image import psnr_from_mse, ssim_map
 from ngraphics.splatting import rasterization
-from ngraphics.splatting.strategy import DefaultStrategy, MCMCStrategy, check_gaussians
+from ngraphics.splatting.strategy import DefaultStrategy, MCMCStrategy
+from ngraphics.splatting.views import gaussians_in_view
 
 SH_C0 = 0.28209479177387814
 ATTRIBUTES = ("means", "scales", "quats", "opacities", "sh0", "shN", "features")
@@ -111,6 +112,15 @@ def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tens
     return torch.cat(out).clamp_min(1e-7)
 
 
+def peak_rss_gb() -> float:
+    """The process's peak resident set size so far, GiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)
+
+
 def scene_scale(scene: SceneData) -> float:
     """3DGS's camera extent: 1.1 x the largest distance of a camera centre from their mean."""
     centres = scene.cameras.c2w[:, :3, 3].double()
@@ -137,13 +147,47 @@ class Splat(Method):
         self.scene_scale = scene_scale(scene)
         generator = torch.Generator().manual_seed(dist.seed(0))
         if config.init:
-            splats = read_splats(config.init)
+            splats, source = read_splats(config.init), f"model.init {config.init}"
         else:
             splats = self.initial_splats(scene, generator)
+            source = "the scene's seed points" if scene.points is not None and len(scene.points) else \
+                "random points in the scene box"
+        self.setup(splats)
+        self.check_in_view(scene.cameras, f"{source}: the {len(scene)} training cameras")
+
+    @classmethod
+    def from_splats(cls, splats: Splats, device: torch.device | str = "cpu", config: SplatConfig | None = None,
+                    scale: float = 1.0) -> Splat:
+        """A Splat of `splats` (e.g. `read_splats(file)`) without a dataset: for rendering a splat trained
+        elsewhere (`ngraphics render FILE`). config: default SplatConfig with the file's SH degree; scale: the
+        scene scale that the position learning rate and densification use (only if it is trained)."""
+        self = cls.__new__(cls)
+        self.config = config or SplatConfig(sh_degree=splats.sh_degree)
+        self.device, self.dist, self.scene_scale = torch.device(device), SINGLE_PROCESS, scale
+        self.setup(splats)
+        return self
+
+    def setup(self, splats: Splats) -> None:
+        """Parameters, optimizer and densification state for `splats`."""
         self.params = self.make_params(splats)
         self.optimizer = self.make_optimizer()
-        self.strategy = config.densify if config.strategy == "default" else config.mcmc
+        self.strategy = self.config.densify if self.config.strategy == "default" else self.config.mcmc
         self.strategy_state = self.strategy.initialize_state()
+
+    def check_in_view(self, cameras: Cameras, where: str) -> torch.Tensor:
+        """DataError naming `where` when no camera sees any Gaussian (a splat file in another frame than the
+        dataset, a camera path that looks away); else the (C,) count of Gaussians each camera sees."""
+        p = self.params
+        counts = gaussians_in_view(p["means"].detach(), p["quats"].detach(), torch.exp(p["scales"].detach()),
+                                   cameras, self.config.near_plane)
+        if len(counts) and int(counts.sum()) == 0:
+            centre = p["means"].detach().median(0).values.cpu().tolist()
+            origins = cameras.origins.mean(0).tolist()
+            raise DataError(f"{where} see none of the {len(p['means'])} Gaussians (Gaussians around "
+                            f"({', '.join(f'{v:.3g}' for v in centre)}), cameras around "
+                            f"({', '.join(f'{v:.3g}' for v in origins)})): are the Gaussians and the cameras "
+                            "in the same world frame?")
+        return counts
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -234,7 +278,6 @@ class Splat(Method):
         else:
             counts = self.strategy.step_post_backward(self.params, self.optimizer, self.strategy_state, step, out,
                                                       means_lr)
-            check_gaussians(self.params, f"step {step}")
         with torch.no_grad():
             mse = (pred - target).square().mean()
         return {"loss": loss.detach(), "l1": l1.detach(), "psnr": psnr_from_mse(mse), "lr": means_lr,
@@ -256,6 +299,14 @@ class Splat(Method):
             for k in keys:
                 images[k].append(out[k][0])
         return {k: torch.stack(v) for k, v in images.items()}
+
+    def metrics(self, scene: SceneData, renders: list[dict[str, torch.Tensor]]) -> dict[str, float | int]:
+        """Beside PSNR/SSIM in each evaluation record: the number of Gaussians, the process's peak resident
+        memory and, on CUDA, the peak GPU memory allocated so far (GiB), for curves over training time."""
+        out: dict[str, float | int] = {"gaussians": len(self.params["means"]), "peak_rss_gb": peak_rss_gb()}
+        if self.device.type == "cuda":
+            out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        return out
 
     def splats(self) -> Splats:
         """The Gaussians in file parameterisation (CPU)."""

@@ -114,10 +114,18 @@ def _rotations(quats: torch.Tensor) -> torch.Tensor:
 
 
 def check_gaussians(params: Params, where: str) -> None:
-    """DataError when no Gaussian is left (after pruning, or in a loaded file)."""
-    if len(params["means"]) == 0:
+    """DataError when no Gaussian is left (after pruning) or some have NaN/infinite parameters (training
+    diverged). Called on refine steps, which wait for the device anyway."""
+    N = len(params["means"])
+    if N == 0:
         raise DataError(f"{where}: no Gaussians left (all were pruned as transparent or too large): lower "
-                        "strategy.prune_opa or start from more points")
+                        "the strategy's prune_opa or start from more points")
+    bad = {name: int((~torch.isfinite(p.detach()).reshape(N, -1).all(1)).sum()) for name, p in params.items()}
+    bad = {name: n for name, n in bad.items() if n}
+    if bad:
+        which = ", ".join(f"{name} ({n})" for name, n in bad.items())
+        raise DataError(f"{where}: Gaussians with NaN or infinite parameters: {which} of {N}; training diverged: "
+                        "lower the learning rates (model.*_lr) or resume from an earlier checkpoint")
 
 
 # --- 3DGS's adaptive density control ---------------------------------------------------------------------------
@@ -241,6 +249,7 @@ class MCMCStrategy:
         lr: the current position learning rate. Returns {"n_relocated": n, "n_added": n}."""
         counts = {"n_relocated": 0, "n_added": 0}
         if self.refine_start < step < self.refine_stop and step % self.refine_every == 0:
+            check_gaussians(params, f"step {step}")
             counts["n_relocated"] = self.relocate(params, optimizer)
             counts["n_added"] = self.add(params, optimizer)
         self.inject_noise(params, lr)

@@ -38,6 +38,9 @@ from ngraphics.viewer.config import ViewerConfig
 from ngraphics.viewer.frames import Pace, RenderBudget, camera_pose, crop_mask, display_image, frame_size, pinhole
 
 
+PLOT_COLOURS = {"loss": "#d04030", "psnr": "#3060d0"}  # uPlot series strokes (the browser test looks for them)
+
+
 @dataclass
 class _ClientView:
     """What one browser has asked for and been sent."""
@@ -164,11 +167,14 @@ class Viewer:
                 self._pause.on_click(lambda _: self.set_paused(not self.paused))
                 self._share = gui.add_slider("Render share %", 1, 100, 1, round(self.config.render_share * 100))
                 self._share.on_update(lambda _: setattr(self.budget, "share", self._share.value / 100))
-                empty = (np.zeros(0), np.zeros(0))
+                # Never created empty: uPlot ranges x once, at creation, from the data it is given, and viser
+                # pushes later data with resetScales=false, so a chart born with no points keeps a null x scale
+                # and draws no line. Two placeholder x values (no y) give it a range to follow.
+                placeholder = (np.array([0.0, 1.0]), np.full(2, np.nan))
                 self._plots = {
-                    k: gui.add_uplot(empty, ({"label": "step"}, {"label": k, "stroke": colour, "width": 2}),
+                    k: gui.add_uplot(placeholder, ({"label": "step"}, {"label": k, "stroke": colour, "width": 2}),
                                      title=k, aspect=2.0, scales={"x": {"time": False}})
-                    for k, colour in (("loss", "#d04030"), ("psnr", "#3060d0"))}
+                    for k, colour in PLOT_COLOURS.items()}
 
     # --- browser events (viser's threads) ---------------------------------------------------------------------
 
@@ -339,8 +345,9 @@ class Viewer:
             return
         self.step = step
         now = time.perf_counter()
-        if self._plots is not None and now - self._plotted_at >= 0.5 and "loss" in losses:
-            self._plotted_at = now  # reading the losses is a host sync: twice a second at most
+        logged = step % trainer.config.trainer.log_every == 0  # the trainer has synced: reading is free
+        if self._plots is not None and "loss" in losses and (logged or now - self._plotted_at >= 0.5):
+            self._plotted_at = now  # otherwise reading the losses is a host sync: twice a second at most
             self._plot(step, {k: float(v) for k, v in losses.items() if k in ("loss", "psnr")})
         self.render_pending(self.budget)
         while self.paused and not self._stop.is_set():

@@ -18,6 +18,7 @@ class ViewerConfig:
     moving_frame_s: target seconds per frame while the camera moves (sets the reduced size).
     still_after_s: the camera counts as still after this many seconds without a move.
     thumbnail: longer side of the training photos shown in the frustums, pixels (0: no photos).
+    mesh_resolution: marching-cubes grid of the mesh shown for surface methods (GUI slider).
     """
 
     host: str = "127.0.0.1"
@@ -27,6 +28,7 @@ class ViewerConfig:
     moving_frame_s: float = 1 / 30
     still_after_s: float = 0.2
     thumbnail: int = 96
+    mesh_resolution: int = 128
 
     def __post_init__(self) -> None:
         if not 0 < self.render_share <= 1:

@@ -38,6 +38,14 @@ from ngraphics.viewer.config import ViewerConfig
 from ngraphics.viewer.frames import Pace, RenderBudget, camera_pose, crop_mask, display_image, frame_size, pinhole
 
 
+SHOWS = {"splats": "gaussians", "mesh": "surface_mesh"}  # "Show" choices and the optional Method hook of each
+
+
+def _offers(method, hook: str) -> bool:
+    """Whether `method` implements one of `Method`'s optional display hooks (its default returns None)."""
+    return getattr(type(method), hook, None) not in (None, getattr(Method, hook))
+
+
 PLOT_COLOURS = {"loss": "#d04030", "psnr": "#3060d0"}  # uPlot series strokes (the browser test looks for them)
 
 
@@ -87,7 +95,8 @@ class Viewer:
         self._stop = threading.Event()
         self._history: list[tuple[int, float, float]] = []  # (step, loss, psnr)
         self._plotted_at = 0.0
-        self._requests: list = []  # (kind, client view or None): exports and screenshots, done by the driver
+        self._requests: list = []  # (kind, client view or None): exports, screenshots, nodes; done by the driver
+        self._node = None  # viser's splat or mesh node while "Show" is not "picture"
         self.server = viser.ViserServer(host=config.host, port=config.port, label="ngraphics", verbose=False)
         self.port = self.server.get_port()
         if self.port != config.port:
@@ -139,6 +148,15 @@ class Viewer:
         self._status = gui.add_markdown("waiting for a browser")
         self._mode = gui.add_dropdown("Render mode", ("rgb",), initial_value="rgb")
         self._mode.on_update(lambda _: self._changed())
+        shows = ("picture",) + tuple(show for show, hook in SHOWS.items() if _offers(self.method, hook))
+        self._show = gui.add_dropdown("Show", shows, initial_value="picture", visible=len(shows) > 1,
+                                      hint="the rendered picture, or the model's own splats / mesh drawn by the browser")
+        self._show.on_update(lambda event: self._request("show", event.client))
+        self._mesh_res = None
+        if "mesh" in shows:
+            self._mesh_res = gui.add_slider("Mesh resolution", 16, 512, 16, self.config.mesh_resolution)
+        if len(shows) > 1:
+            gui.add_button("Update splats / mesh").on_click(lambda event: self._request("show", event.client))
         self._frustums = gui.add_checkbox("Training cameras", True)
         self._frustums.on_update(lambda _: self._show_frustums())
         self._max_res = gui.add_slider("Max resolution", 64, 2048, 32, self.config.max_resolution)
@@ -266,7 +284,7 @@ class Viewer:
 
     def _due(self, view: _ClientView, now: float) -> tuple[bool, bool]:
         """(render now?, at full size?) for one browser."""
-        if view.client.camera.image_width <= 0:
+        if view.client.camera.image_width <= 0 or self._show.value != "picture":
             return False, False
         still = now - view.moved_at >= self.config.still_after_s
         if view.version != view.sent_version:
@@ -314,6 +332,8 @@ class Viewer:
             try:
                 if kind == "screenshot":
                     message = f"saved {self.screenshot(view)}"
+                elif kind == "show":
+                    message = self.show_node()
                 else:
                     with self.lock if self.lock is not None else nullcontext():
                         message = f"exported {self.method.export(kind, self.run_path / 'exports' / kind)}"
@@ -322,6 +342,41 @@ class Viewer:
             print(f"viewer: {message}", file=sys.stderr)
             if view is not None:
                 view.client.add_notification(title=kind, body=message, auto_close_seconds=5.0)
+
+    def show_node(self) -> str:
+        """Replace the splat or mesh node by one of the current model, as "Show" says (none for "picture"):
+        `method.gaussians()` through viser's Gaussian-splat node, `method.surface_mesh(resolution)` as a mesh
+        (a GLB with vertex colours where the mesh has them). The rendered picture is cleared while a node shows.
+        Returns what is shown, in words."""
+        show = self._show.value
+        if self._node is not None:
+            self._node.remove()
+            self._node = None
+        if show == "picture":
+            self._changed()  # every browser gets a picture again
+            return "showing the rendered picture"
+        scene = self.server.scene
+        with self.lock if self.lock is not None else nullcontext():
+            if show == "splats":
+                g = self.method.gaussians()
+                self._node = scene.add_gaussian_splats("/splats", g.centers.numpy(), g.covariances.numpy(),
+                                                       g.rgb.numpy(), g.opacity.numpy())
+                message = f"showing {len(g.centers)} Gaussians (step {self.step})"
+            else:
+                resolution = int(self._mesh_res.value)
+                mesh = self.method.surface_mesh(resolution)
+                if mesh.colors is not None:
+                    self._node = scene.add_mesh_trimesh("/mesh", mesh.to_trimesh())
+                else:
+                    self._node = scene.add_mesh_simple("/mesh", mesh.vertices.numpy(), mesh.faces.numpy())
+                message = (f"showing the mesh: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces "
+                           f"(marching cubes at {resolution}, step {self.step})")
+        with self._views_lock:
+            views = list(self.views.values())
+        for view in views:
+            view.client.scene.set_background_image(None)
+            view.sent_version = -1  # a picture is due once "Show" returns to "picture"
+        return message
 
     def screenshot(self, view: _ClientView | None = None) -> Path:
         """Render a browser's camera (default: the first connected one, or training camera 0) at full size in

@@ -248,6 +248,44 @@ def test_hook_renders_within_its_budget_and_pause_waits(viewer):
     assert viewer(_fake_trainer(is_main=False), 8, {}) is None
 
 
+def test_still_camera_follows_training_at_most_every_still_refresh_s(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    view.moved_at -= 1.0  # still
+    viewer.budget.share = 1.0  # no budget limit: only the refresh interval holds frames back
+    trainer = _fake_trainer()
+    viewer(trainer, 1, {})
+    assert len(client.frames) == 1
+    for step in range(2, 6):  # the model changes every step; the picture waits for still_refresh_s
+        viewer(trainer, step, {})
+    assert len(client.frames) == 1
+    view.sent_at -= viewer.config.still_refresh_s
+    viewer(trainer, 6, {})
+    assert len(client.frames) == 2 and view.sent_step == 6
+    view.version += 1  # a camera move is answered at once
+    viewer(trainer, 7, {})
+    assert len(client.frames) == 3
+
+
+def test_frames_while_training_are_sized_to_max_train_frame_s(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    view.moved_at -= 1.0
+    viewer.budget.share = 1.0
+    viewer(_fake_trainer(), 1, {})  # speed unknown: the first frame has 32 x 32 pixels (the canvas's 4:3)
+    assert client.frames[-1].shape[:2] == (28, 37)
+    viewer.pace.pixels_per_s = 1000.0  # a slow machine: 1000 pixels in max_train_frame_s = 1 s
+    view.version += 1
+    viewer(_fake_trainer(), 2, {})
+    h, w = client.frames[-1].shape[:2]
+    assert (h, w) == (27, 37) and h * w <= 1000
+    view.version += 1
+    assert viewer.render_pending(None) == 1  # no training, no limit: the full 64 x 48
+    assert client.frames[-1].shape[:2] == (48, 64)
+
+
 def test_render_thread_answers_camera_moves_and_screenshots(viewer, tmp_path):
     client = FakeClient()
     viewer._connect(client)

@@ -8,7 +8,7 @@ Two drivers share one `render_pending(budget)`:
 
 - **During training, a trainer hook** (`viewer(trainer, step, losses)`): after each step the training thread
   renders what the browsers wait for, but only while a token bucket (`RenderBudget`) holds credit, so
-  rendering takes at most `render_share` of wall time (GUI slider, default 5 %). No second thread competes
+  rendering takes at most `render_share` of wall time (GUI slider, default 3 %). No second thread competes
   with the step for the lock or the cores, and the budget is exact. While paused, the hook renders freely.
 - **Without training, a thread** (`start()` / `serve_forever()`): renders whenever a camera or a setting
   changes, holding `lock` (the trainer's, if one is given) around each render.
@@ -46,6 +46,8 @@ def _offers(method, hook: str) -> bool:
     return getattr(type(method), hook, None) not in (None, getattr(Method, hook))
 
 
+JPEG_QUALITY = 85
+FIRST_TRAIN_FRAME_PIXELS = 32 * 32  # the first frame while training, before the render speed is known
 PLOT_COLOURS = {"loss": "#d04030", "psnr": "#3060d0"}  # uPlot series strokes (the browser test looks for them)
 
 
@@ -59,6 +61,7 @@ class _ClientView:
     sent_version: int = -1
     sent_full: bool = False
     sent_step: int = -1
+    sent_at: float = -1e9  # when the last frame was handed to viser
     frames: int = 0
     screenshot: bool = False
     last_size: tuple[int, int] = (0, 0)
@@ -291,9 +294,20 @@ class Viewer:
             return True, still
         if still and not view.sent_full:
             return True, True
-        if view.sent_step != self.step and still:
-            return True, True  # the model changed under a still camera
+        if view.sent_step != self.step and still and (self.paused or now - view.sent_at >= self.config.still_refresh_s):
+            return True, True  # the model changed under a still camera: a new picture now and then
         return False, False
+
+    def _frame_pixels(self, full: bool, training: bool) -> float | None:
+        """At most how many pixels the next frame may have (None: the full size). While the camera moves: what
+        renders in `moving_frame_s`. While training, no frame may take longer than `max_train_frame_s`, so a
+        slow machine gets smaller still frames instead of one long stall of the training thread; until the
+        speed is known, the first frame has FIRST_TRAIN_FRAME_PIXELS."""
+        limits = [] if full else [self.pace.pixels_for(self.config.moving_frame_s)]
+        if training:
+            limits.append(self.pace.pixels_for(self.config.max_train_frame_s) or FIRST_TRAIN_FRAME_PIXELS)
+        limits = [p for p in limits if p is not None]
+        return min(limits) if limits else None
 
     def render_pending(self, budget: RenderBudget | None) -> int:
         """Render what the browsers wait for (at most one frame each), while `budget` allows (None: no limit).
@@ -308,15 +322,16 @@ class Viewer:
             if not due or (budget is not None and not budget.allows()):
                 continue
             version = view.version
-            cameras = self.camera_of(view, None if full else self.pace.pixels_for(self.config.moving_frame_s))
+            cameras = self.camera_of(view, self._frame_pixels(full, budget is not None))
             start = time.perf_counter()
             picture, _ = self.render_picture(cameras)
             seconds = time.perf_counter() - start
             self.pace.record(picture.shape[0] * picture.shape[1], seconds)
-            if budget is not None:
-                budget.spend(seconds)
-            view.client.scene.set_background_image(picture, format="jpeg", jpeg_quality=90)
+            view.client.scene.set_background_image(picture, format="jpeg", jpeg_quality=JPEG_QUALITY)
+            if budget is not None:  # the whole frame: render, colour map, JPEG encoding, queueing
+                budget.spend(time.perf_counter() - start)
             view.sent_version, view.sent_full, view.sent_step = version, full, self.step
+            view.sent_at = time.perf_counter()
             view.frames, view.last_size = view.frames + 1, (picture.shape[1], picture.shape[0])
             view.log.append((version, time.perf_counter(), full))
             del view.log[:-256]

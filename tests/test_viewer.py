@@ -57,6 +57,24 @@ def test_pinhole_looks_down_its_z_axis_with_the_given_vertical_fov():
         pinhole((1.0, 0, 0, 0), (0, 0, 0), 0.0, 10, 10)
 
 
+def test_initial_camera_has_no_training_camera_in_front_of_the_scene():
+    from ngraphics.data.procedural import load_procedural
+    from ngraphics.viewer.server import initial_position
+
+    for n in (1, 2, 48):
+        cams = load_procedural("train", resolution=8, n_views=n).cameras
+        origins, centre = cams.origins.double().numpy(), np.zeros(3)
+        p = initial_position(origins, centre)
+        assert abs(np.linalg.norm(p - centre) - 0.9 * 3.5) < 1e-6  # inside the ring of cameras (radius 3.5)
+        _, _, fov, _ = camera_pose(cams, 0)
+        view = (centre - p) / np.linalg.norm(centre - p)
+        for o in origins:  # between the viewer and the scene's centre: none in the field of view
+            v = o - p
+            depth = float(v @ view)
+            if 0 < depth < np.linalg.norm(centre - p):
+                assert math.acos(depth / np.linalg.norm(v)) > fov, (n, o)
+
+
 def test_frame_size_keeps_the_canvas_aspect_within_the_limits():
     assert frame_size(1600, 900, 512) == (512, 288)
     assert frame_size(300, 200, 512) == (300, 200)  # never enlarged

@@ -16,7 +16,9 @@ Two drivers share one `render_pending(budget)`:
 A frame is handed to viser (`client.scene.set_background_image`), which sends it from its own event loop:
 a slow, frozen or closed browser never blocks the caller. While a camera moves, frames are reduced to what
 renders in `moving_frame_s` (measured); once it has been still for `still_after_s`, one full-size frame follows.
-Nothing here asks which method it shows: only `render`, `exports`/`export` and the scene's cameras and images.
+Nothing here asks which method it shows: only `render`, `exports`/`export`, the optional `gaussians()` and
+`surface_mesh()` (offered as "Show: splats / mesh" when a method implements them) and the scene's cameras and
+images.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ from ngraphics.viewer.frames import Pace, RenderBudget, camera_pose, crop_mask, 
 
 
 SHOWS = {"splats": "gaussians", "mesh": "surface_mesh"}  # "Show" choices and the optional Method hook of each
+
+
+def initial_position(origins: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Where a browser's camera starts: between training camera 0 and its nearest neighbour, 0.9 x their
+    distance from the centre, so that the training cameras' frustums lie behind it or beside the picture,
+    never in front of the scene. origins: (N, 3) camera centres; centre: (3,) what the camera looks at."""
+    offsets = origins - centre
+    near = int(np.argsort(np.linalg.norm(origins - origins[0], axis=1))[1]) if len(origins) > 1 else 0
+    direction = offsets[0] + offsets[near]
+    norm = np.linalg.norm(direction)
+    direction = direction / norm if norm > 1e-9 else offsets[0] / max(np.linalg.norm(offsets[0]), 1e-9)
+    return centre + 0.9 * float(np.linalg.norm(offsets[[0, near]], axis=1).mean()) * direction
 
 
 def _offers(method, hook: str) -> bool:
@@ -125,8 +139,8 @@ class Viewer:
         up = up / max(np.linalg.norm(up), 1e-9)
         spread = float(np.median(np.linalg.norm(origins - origins.mean(0), axis=1))) or 1.0
         self.server.scene.set_up_direction(tuple(up))
-        wxyz, position, fov, _ = camera_pose(cams, 0)
-        self.server.initial_camera.position = tuple(centre + 1.25 * (position - centre))  # camera 0, a step back
+        _, _, fov, _ = camera_pose(cams, 0)
+        self.server.initial_camera.position = tuple(initial_position(origins, centre))
         self.server.initial_camera.look_at = tuple(centre)
         self.server.initial_camera.up = tuple(up)
         self.server.initial_camera.fov = fov

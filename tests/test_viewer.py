@@ -57,6 +57,24 @@ def test_pinhole_looks_down_its_z_axis_with_the_given_vertical_fov():
         pinhole((1.0, 0, 0, 0), (0, 0, 0), 0.0, 10, 10)
 
 
+def test_initial_camera_has_no_training_camera_in_front_of_the_scene():
+    from ngraphics.data.procedural import load_procedural
+    from ngraphics.viewer.server import initial_position
+
+    for n in (1, 2, 48):
+        cams = load_procedural("train", resolution=8, n_views=n).cameras
+        origins, centre = cams.origins.double().numpy(), np.zeros(3)
+        p = initial_position(origins, centre)
+        assert abs(np.linalg.norm(p - centre) - 0.9 * 3.5) < 1e-6  # inside the ring of cameras (radius 3.5)
+        _, _, fov, _ = camera_pose(cams, 0)
+        view = (centre - p) / np.linalg.norm(centre - p)
+        for o in origins:  # between the viewer and the scene's centre: none in the field of view
+            v = o - p
+            depth = float(v @ view)
+            if 0 < depth < np.linalg.norm(centre - p):
+                assert math.acos(depth / np.linalg.norm(v)) > fov, (n, o)
+
+
 def test_frame_size_keeps_the_canvas_aspect_within_the_limits():
     assert frame_size(1600, 900, 512) == (512, 288)
     assert frame_size(300, 200, 512) == (300, 200)  # never enlarged
@@ -217,13 +235,19 @@ def test_moving_camera_gets_small_frames_then_one_full_frame(viewer):
     assert viewer.render_pending(None) == 1 and not np.array_equal(client.frames[-1], client.frames[-2])
 
 
+def _fake_trainer(is_main: bool = True, log_every: int = 1000):
+    """What the hook uses of a Trainer: its rank and its log interval."""
+    return SimpleNamespace(dist=SimpleNamespace(is_main=is_main),
+                           config=SimpleNamespace(trainer=SimpleNamespace(log_every=log_every)))
+
+
 def test_hook_renders_within_its_budget_and_pause_waits(viewer):
     client = FakeClient()
     viewer._connect(client)
     viewer.views[1].moved_at -= 1.0
     viewer.budget.share = 0.01
     viewer.budget.credit = -1.0  # a render just spent the credit: 100 s of wall time to earn it back
-    trainer = SimpleNamespace(dist=SimpleNamespace(is_main=True))
+    trainer = _fake_trainer()
     for step in range(1, 6):
         viewer.method.level = step / 10
         viewer(trainer, step, {"loss": torch.tensor(0.5)})
@@ -239,7 +263,45 @@ def test_hook_renders_within_its_budget_and_pause_waits(viewer):
     assert len(client.frames) == 2  # ... and renders the new step anyway, without a budget
     viewer.set_paused(False)
     assert done.wait(5)
-    assert viewer(SimpleNamespace(dist=SimpleNamespace(is_main=False)), 8, {}) is None
+    assert viewer(_fake_trainer(is_main=False), 8, {}) is None
+
+
+def test_still_camera_follows_training_at_most_every_still_refresh_s(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    view.moved_at -= 1.0  # still
+    viewer.budget.share = 1.0  # no budget limit: only the refresh interval holds frames back
+    trainer = _fake_trainer()
+    viewer(trainer, 1, {})
+    assert len(client.frames) == 1
+    for step in range(2, 6):  # the model changes every step; the picture waits for still_refresh_s
+        viewer(trainer, step, {})
+    assert len(client.frames) == 1
+    view.sent_at -= viewer.config.still_refresh_s
+    viewer(trainer, 6, {})
+    assert len(client.frames) == 2 and view.sent_step == 6
+    view.version += 1  # a camera move is answered at once
+    viewer(trainer, 7, {})
+    assert len(client.frames) == 3
+
+
+def test_frames_while_training_are_sized_to_max_train_frame_s(viewer):
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    view.moved_at -= 1.0
+    viewer.budget.share = 1.0
+    viewer(_fake_trainer(), 1, {})  # speed unknown: the first frame has 32 x 32 pixels (the canvas's 4:3)
+    assert client.frames[-1].shape[:2] == (28, 37)
+    viewer.pace.pixels_per_s = 1000.0  # a slow machine: 1000 pixels in max_train_frame_s = 1 s
+    view.version += 1
+    viewer(_fake_trainer(), 2, {})
+    h, w = client.frames[-1].shape[:2]
+    assert (h, w) == (27, 37) and h * w <= 1000
+    view.version += 1
+    assert viewer.render_pending(None) == 1  # no training, no limit: the full 64 x 48
+    assert client.frames[-1].shape[:2] == (48, 64)
 
 
 def test_render_thread_answers_camera_moves_and_screenshots(viewer, tmp_path):
@@ -291,3 +353,116 @@ def test_train_viewer_flag_serves_while_and_after_training(tmp_path, capsys, mon
     assert main(args + [a for s in tiny for a in ("--set", s)]) == 0
     assert seen == [3]  # the hook saw every step, then the viewer stayed up
     assert "viewer still serving the trained scene at http://localhost:" in capsys.readouterr().err
+
+
+# --- loss and PSNR plots ---------------------------------------------------------------------------------------
+
+
+def test_plots_start_with_a_range_and_get_float64_points_in_step_order(scene, tmp_path):
+    from ngraphics.viewer import Viewer
+
+    v = Viewer(Gradient(), scene, tmp_path, ViewerConfig(port=_free_port(), thumbnail=0), training=True)
+    try:
+        x, y = v._plots["loss"].data
+        assert len(x) == 2 and x[1] > x[0] and np.isnan(y).all()  # never born empty: uPlot needs an x range
+        trainer = _fake_trainer(log_every=2)
+        for step in range(1, 7):  # logged steps (2, 4, 6) always plot; others at most twice a second
+            v(trainer, step, {"loss": torch.tensor(1.0 / step), "psnr": torch.tensor(10.0 + step)})
+        for key, column in (("loss", 1), ("psnr", 2)):
+            x, y = v._plots[key].data
+            assert x.dtype == y.dtype == np.float64 and len(x) >= 3
+            assert np.all(np.diff(x) > 0) and {2.0, 4.0, 6.0} <= set(x.tolist())
+            np.testing.assert_allclose(y, [h[column] for h in v._history])
+    finally:
+        v.close()
+
+
+# --- splats and meshes through viser's own nodes -----------------------------------------------------------------
+
+
+def test_splat_gaussians_covariances_match_a_float64_rotation(scene):
+    from scipy.spatial.transform import Rotation
+
+    from ngraphics.methods.splat import SH_C0, Splat, SplatConfig
+
+    method = Splat(SplatConfig(sh_degree=0, init_points=40), scene)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        method.params["quats"].copy_(torch.randn(40, 4, generator=g) * 3)  # not normalised: gaussians() must
+        method.params["scales"].copy_(torch.randn(40, 3, generator=g) - 2)
+        method.params["means"][7, 1] = float("nan")  # a broken Gaussian is left out
+    out = method.gaussians()
+    keep = np.array([i != 7 for i in range(40)])
+    assert out.centers.shape == (39, 3) and out.covariances.shape == (39, 3, 3)
+    assert out.rgb.shape == (39, 3) and out.opacity.shape == (39, 1) and out.covariances.dtype == torch.float32
+    q = method.params["quats"].detach().double().numpy()[keep]
+    R = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # scipy: (x, y, z, w), normalises itself
+    s = np.exp(method.params["scales"].detach().double().numpy()[keep])
+    expected = np.einsum("nij,nj,nkj->nik", R, s**2, R)
+    np.testing.assert_allclose(out.covariances.double().numpy(), expected, rtol=1e-4, atol=1e-9)
+    sh0 = method.params["sh0"].detach().double().numpy()[keep, 0]
+    np.testing.assert_allclose(out.rgb.numpy(), np.clip(sh0 * SH_C0 + 0.5, 0, 1), atol=1e-6)
+    logit = method.params["opacities"].detach().double().numpy()[keep]
+    np.testing.assert_allclose(out.opacity[:, 0].numpy(), 1 / (1 + np.exp(-logit)), atol=1e-6)
+
+
+def test_splat_run_shows_its_gaussians_as_a_splat_node(scene, tmp_path):
+    from ngraphics.methods.splat import Splat, SplatConfig
+    from ngraphics.viewer import Viewer
+
+    method = Splat(SplatConfig(sh_degree=0, init_points=30), scene)
+    v = Viewer(method, scene, tmp_path, ViewerConfig(port=_free_port(), thumbnail=0))
+    try:
+        assert v._show.options == ("picture", "splats")  # offered because Splat has gaussians(), no kind named
+        client = FakeClient()
+        v._connect(client)
+        v._show.value = "splats"
+        v.render_pending(None)
+        node = v._node
+        assert node is not None and node.buffer.shape == (30, 8)  # viser's 32 bytes a Gaussian
+        centers = node.buffer[:, :3].copy().view(np.float32)
+        np.testing.assert_array_equal(centers, method.params["means"].detach().numpy())
+        assert client.frames[-1] is None  # the rendered picture is cleared while the node shows
+        frames = len(client.frames)
+        v._changed()
+        assert v.render_pending(None) == 0 and len(client.frames) == frames  # no pictures behind the node
+        v._show.value = "picture"
+        v.render_pending(None)
+        assert v._node is None and client.frames[-1] is not None
+    finally:
+        v.close()
+
+
+def test_surface_run_shows_its_marching_cubes_mesh(scene, tmp_path):
+    import io
+
+    import trimesh
+
+    from ngraphics.fields.sdf_field import SDFFieldConfig
+    from ngraphics.methods.neus import Neus, NeusConfig
+    from ngraphics.viewer import Viewer
+
+    config = NeusConfig(field=SDFFieldConfig(encoding={"n_levels": 2, "log2_hashmap_size": 10, "base_resolution": 4},
+                                             max_resolution=16, init_radius=0.8, geometry_features=3,
+                                             color_neurons=8, sdf_neurons=8))
+    method = Neus(config, scene, "cpu")
+    v = Viewer(method, scene, tmp_path, ViewerConfig(port=_free_port(), thumbnail=0, mesh_resolution=16))
+    try:
+        assert v._show.options == ("picture", "mesh")
+        expected = method.surface_mesh(16)  # the untrained SDF (about the initial sphere), in the scene's box
+        lo, hi = scene.aabb
+        assert len(expected.faces) > 100 and bool(((expected.vertices >= lo) & (expected.vertices <= hi)).all())
+        client = FakeClient()
+        v._connect(client)
+        v._show.value = "mesh"
+        v.render_pending(None)
+        shown = trimesh.load(io.BytesIO(v._node.glb_data), file_type="glb", force="mesh", process=False)
+        assert len(shown.vertices) == len(expected.vertices) and len(shown.faces) == len(expected.faces)
+        np.testing.assert_allclose(np.asarray(shown.vertices), expected.vertices.numpy(), atol=1e-5)
+        assert shown.visual.vertex_colors.shape == (len(expected.vertices), 4)
+    finally:
+        v.close()
+
+
+def test_methods_without_the_hooks_offer_only_the_picture(viewer):
+    assert viewer._show.options == ("picture",)

@@ -90,6 +90,44 @@ def _changed(after: np.ndarray, before: np.ndarray, what: str) -> None:
     assert change > 0.01, f"the canvas did not change with the {what} (mean change {change:.4f})"
 
 
+def _colour_pixels(picture: np.ndarray, colour: str, tolerance: int = 40) -> int:
+    """Pixels of an (H, W, 3) uint8 RGB picture within `tolerance` of a "#rrggbb" colour on every channel."""
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(picture.astype(np.int64) - rgb).max(-1) <= tolerance).sum())
+
+
+def _plots_draw_their_lines(driver, viewer) -> None:
+    """Each uPlot canvas (loss, then PSNR, in the Training folder) shows its series' stroke colour along a line,
+    and not the other series' colour."""
+    from ngraphics.viewer.browser import element_pictures
+    from ngraphics.viewer.server import PLOT_COLOURS
+
+    assert len(viewer._history) >= 2, f"the plots got {len(viewer._history)} points; a line needs 2"
+    last = {}
+
+    def drawn():
+        pictures = element_pictures(driver, ".uplot canvas")
+        if len(pictures) != len(PLOT_COLOURS):
+            last["found"] = f"{len(pictures)} plot canvases"
+            return None
+        counts = {key: {other: _colour_pixels(p, c) for other, c in PLOT_COLOURS.items()}
+                  for key, p in zip(PLOT_COLOURS, pictures)}
+        last["found"] = counts
+        width = min(p.shape[1] for p in pictures)  # a line across the plot has about this many pixels or more
+        ok = all(counts[k][k] >= 0.3 * width and all(counts[k][o] < 0.05 * width for o in counts if o != k)
+                 for k in counts)
+        return ok or None
+
+    try:
+        _wait(drawn, 30, "the loss and PSNR plots to draw their lines")
+    except AssertionError as err:
+        scales = driver.execute_script(
+            "const r = (window.__viserTestpoints || {}).uplots || {};"
+            "return Object.values(r).map(t => [t.chart.scales.x.min, t.chart.scales.x.max, t.chart.data[0].length]);")
+        raise AssertionError(f"{err}: series-colour pixels per plot {last.get('found')}; x scales and point "
+                             f"counts in the browser {scales}") from None
+
+
 def test_browser_shows_training_follows_the_camera_and_the_mode(tmp_path):
     from ngraphics.training.run_config import find_config, load_run_config
     from ngraphics.training.run_folder import RunFolder
@@ -111,6 +149,7 @@ def test_browser_shows_training_follows_the_camera_and_the_mode(tmp_path):
             assert view.frames >= 1, "no frame was rendered while training"
             if os.environ.get("NGRAPHICS_VIEWER_SCREENSHOT"):
                 cv2.imwrite(os.environ["NGRAPHICS_VIEWER_SCREENSHOT"], page_picture(driver)[..., ::-1])
+            _plots_draw_their_lines(driver, viewer)
             viewer.start()  # training is over: the viewer's own thread renders from now on
 
             view = _full_frame_after(viewer, view.version)

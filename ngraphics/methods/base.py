@@ -23,13 +23,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ngraphics.cameras import Cameras
 from ngraphics.data.scene import SceneData
 from ngraphics.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ngraphics.export.mesh import Mesh
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,23 @@ class Dist:
 
 
 SINGLE_PROCESS = Dist()
+
+
+@dataclass(frozen=True)
+class Gaussians:
+    """A scene as 3D Gaussians, for a viewer that draws them itself (`Method.gaussians()`); float32 on the
+    CPU, in the scene's frame (the one its cameras live in).
+
+    centers: (N, 3) world units.
+    covariances: (N, 3, 3) symmetric positive semi-definite, world units squared.
+    rgb: (N, 3) in [0, 1], the view-independent colour.
+    opacity: (N, 1) in [0, 1].
+    """
+
+    centers: torch.Tensor
+    covariances: torch.Tensor
+    rgb: torch.Tensor
+    opacity: torch.Tensor
 
 
 @runtime_checkable
@@ -143,10 +163,21 @@ class Method(ABC):
         CPU). Returns {name: value}; the default has none."""
         return {}
 
+    def gaussians(self) -> Gaussians | None:
+        """The scene as 3D Gaussians for a viewer to draw directly (viser's Gaussian-splat node), from the
+        weights `render` uses; None (the default) for methods that are not made of Gaussians."""
+        return None
+
+    def surface_mesh(self, resolution: int) -> Mesh | None:
+        """The scene's surface as a triangle mesh (`ngraphics.export.mesh.Mesh`, vertex colours where the method
+        has them) in the scene's frame, extracted on a grid of `resolution` points a side, from the weights
+        `render` uses; None (the default) for methods without a surface."""
+        return None
+
     def export(self, kind: str, path: str | Path) -> Path:
         """Write the trained scene as `kind` (one of `exports`) to `path`; returns the written file."""
         kinds = ", ".join(self.exports) or "nothing"
         raise ConfigError(f"export {kind!r}: {type(self).__name__} exports {kinds}")
 
 
-__all__ = ["SINGLE_PROCESS", "Dist", "Method", "Sampler"]
+__all__ = ["SINGLE_PROCESS", "Dist", "Gaussians", "Method", "Sampler"]

@@ -545,5 +545,10 @@ class Neus(Method):
         self.anneal = float(state.get("anneal", self.anneal))
         self.refresh_render_field()
 
+    def surface_mesh(self, resolution: int):
+        """The surface for a viewer (`Method.surface_mesh`): `mesh(resolution)` with vertex colours, in the scene's
+        frame (the cameras', not mapped through `scale_mat`). A DataError while the SDF has no zero crossing."""
+        return self.mesh(resolution, world=False)
+
 
 __all__ = ["Neus", "NeusConfig"]

@@ -344,3 +344,17 @@ class Splat(Method):
         self.optimizer.load_state_dict(state["optimizer"])
         self.strategy_state = self.strategy.initialize_state()
         self.strategy_state.update({k: v.to(self.device) for k, v in state.get("strategy", {}).items()})
+
+    @torch.no_grad()
+    def gaussians(self):
+        """The Gaussians as a viewer draws them (`Method.gaussians`): covariances R S S^T R^T from the normalised
+        quaternions and exp(scales), the SH band-0 colour clamped to [0, 1], sigmoid opacities; Gaussians with
+        non-finite values are left out. Returns `ngraphics.methods.base.Gaussians` (CPU, float32)."""
+        from ngraphics.methods.base import Gaussians
+        from ngraphics.splatting.project import quat_scale_to_covar
+
+        p = {k: self.params[k].detach().float().cpu() for k in ("means", "scales", "quats", "opacities", "sh0")}
+        g = (p["means"], quat_scale_to_covar(p["quats"], torch.exp(p["scales"])),
+             (p["sh0"][:, 0] * SH_C0 + 0.5).clamp(0, 1), torch.sigmoid(p["opacities"])[:, None])
+        finite = torch.stack([torch.isfinite(v).reshape(len(v), -1).all(1) for v in g]).all(0)
+        return Gaussians(*(v[finite].contiguous() for v in g))

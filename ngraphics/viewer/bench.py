@@ -5,16 +5,19 @@
 
 Three training runs of the same config and seed, `--steps` steps each: no viewer; the viewer with a connected
 headless Chromium whose camera stays still (frames follow the model as it learns); the same with the camera
-orbiting (moved through viser's API every 50 ms). Reported: training steps/s (steps over the trainer's own
-clock, which includes the hook) and the share kept, frames handed to viser. Then, on the trained model with the
-viewer's own thread: frames/s while the camera moves (reduced size) and the latency from the camera's last move
-to the full-size frame (`--resolution` a side). Needs chromium + chromium-driver and selenium
-(`ngraphics.viewer.browser`).
+orbiting (moved through viser's API every 50 ms). `--repeat N` runs the three N times, interleaved, against
+the load of a shared machine. Reported per run: training steps/s (wall time between steps, the viewer's hook
+included) and the share kept (against the mean of the runs without a viewer), frames handed to viser, the
+seconds the hook took in the training thread, the browser's CPU seconds (all its processes) and the load
+average at the start and end. Then, on the trained model with the viewer's own thread: frames/s while the
+camera moves (reduced size) and the latency from the camera's last move to the full-size frame (`--resolution`
+a side). Needs chromium + chromium-driver and selenium (`ngraphics.viewer.browser`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -43,19 +46,21 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
     from ngraphics.viewer.browser import headless_chromium
 
     overrides = [f"trainer.steps={args.steps}", "trainer.progress=false", "trainer.eval_every=0",
-                 "trainer.save_every=0", "trainer.render_final=false", f"trainer.device={args.device}",
-                 "data.eval_views=1"] + list(args.set)
+                 "trainer.save_every=0", "trainer.save_every_s=0", "trainer.render_final=false",
+                 f"trainer.device={args.device}", "data.eval_views=1"] + list(args.set)
     if args.data:
         overrides.append(f"data.path={args.data}")
     trainer = Trainer(load_run_config(find_config(args.config), overrides), RunFolder(root / name))
+    load = os.getloadavg()[0]
     if client is None:
         trainer.hooks.append(clock := _WallClock())
         trainer.train()
-        return {"steps_per_s": clock.steps_per_s()}
+        return {"steps_per_s": clock.steps_per_s(), "load": (load, os.getloadavg()[0])}
     viewer = Viewer(trainer.method, trainer.train_scene, trainer.run.path,
                     ViewerConfig(port=args.port, max_resolution=args.resolution, render_share=args.share),
                     lock=trainer.lock, training=True)
-    trainer.hooks += [viewer, clock := _WallClock()]  # the clock after the viewer: its renders count
+    timed = _Timed(viewer)
+    trainer.hooks += [timed, clock := _WallClock()]  # the clock after the viewer: its renders count
     stop = threading.Event()
     try:
         with headless_chromium(args.resolution + 400, args.resolution + 150) as driver:
@@ -67,10 +72,14 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
             if client == "moving":
                 centre = trainer.train_scene.aabb.double().mean(0).numpy()
                 threading.Thread(target=_orbit, args=(viewer, stop, centre), daemon=True).start()
+            browser = _descendants(driver.service.process.pid)
+            cpu0 = sum(map(_cpu_seconds, browser))
             trainer.train()
             stop.set()
             frames = sum(v.frames for v in viewer.views.values())
-            result = {"steps_per_s": clock.steps_per_s(), "frames": frames}
+            result = {"steps_per_s": clock.steps_per_s(), "frames": frames, "hook_s": timed.seconds,
+                      "browser_cpu_s": sum(map(_cpu_seconds, browser)) - cpu0, "wall_s": clock.wall_s(),
+                      "load": (load, os.getloadavg()[0])}
             if client == "still":
                 result.update(_interactive(viewer, trainer))
             return result
@@ -103,6 +112,46 @@ def _interactive(viewer, trainer) -> dict:
             "still_to_full_s": full_at - stopped}
 
 
+class _Timed:
+    """The viewer's hook, timed: seconds it took in the training thread."""
+
+    def __init__(self, viewer):
+        self.viewer, self.seconds = viewer, 0.0
+
+    def __call__(self, trainer, step: int, losses: dict) -> None:
+        start = time.perf_counter()
+        self.viewer(trainer, step, losses)
+        self.seconds += time.perf_counter() - start
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (chromedriver's browser and its renderer, GPU and utility processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 class _WallClock:
     """A trainer hook noting the wall time after each step (hooks run outside the training clock, so the
     trainer's own `elapsed` leaves the viewer's rendering out; steps/s with a viewer must count it)."""
@@ -115,7 +164,10 @@ class _WallClock:
 
     def steps_per_s(self) -> float:
         """Steps per wall second between the first and the last step (the first step's compile left out)."""
-        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+        return (len(self.times) - 1) / max(self.wall_s(), 1e-9)
+
+    def wall_s(self) -> float:
+        return self.times[-1] - self.times[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=None, help="render share (default: the viewer's)")
     parser.add_argument("--resolution", type=int, default=256, help="longer side of a full frame")
     parser.add_argument("--port", type=int, default=8490)
+    parser.add_argument("--repeat", type=int, default=1, help="run the three cases this many times, interleaved")
     args = parser.parse_args(argv)
     from ngraphics.viewer import ViewerConfig
     from ngraphics.viewer.browser import missing
@@ -136,15 +189,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"viewer bench: {missing()}", file=sys.stderr)
         return 2
     args.share = ViewerConfig().render_share if args.share is None else args.share
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {case: _train(args, Path(tmp), case, None if case == "none" else case)
-                for case in ("none", "still", "moving")}
-    base = rows["none"]["steps_per_s"]
-    print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}")
-    print("| client | steps/s | kept | frames sent |\n|---|---:|---:|---:|")
-    for case, r in rows.items():
-        print(f"| {case} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / base:.1%} | {r.get('frames', '-')} |")
-    r = rows["still"]
+        for i in range(args.repeat):
+            for case in ("none", "still", "moving"):
+                rows.append((case, _train(args, Path(tmp), f"{case}{i}", None if case == "none" else case)))
+    base = float(np.mean([r["steps_per_s"] for case, r in rows if case == "none"]))
+    print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}, {os.cpu_count()} CPUs")
+    print("| client | steps/s | kept | frames sent | hook s (share of wall) | browser CPU s | load start-end |\n"
+          "|---|---:|---:|---:|---:|---:|---|")
+    for case, r in rows:
+        hook = f"{r['hook_s']:.1f} ({r['hook_s'] / r['wall_s']:.1%})" if "hook_s" in r else "-"
+        browser = f"{r['browser_cpu_s']:.1f}" if "browser_cpu_s" in r else "-"
+        print(f"| {case} | {r['steps_per_s']:.3f} | {r['steps_per_s'] / base:.1%} | {r.get('frames', '-')} | "
+              f"{hook} | {browser} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+    kept = {case: np.mean([r["steps_per_s"] for c, r in rows if c == case]) / base for case in ("still", "moving")}
+    print(f"kept (mean over runs): still {kept['still']:.1%}, moving {kept['moving']:.1%}")
+    r = next(r for case, r in rows if case == "still")
     print(f"trained model, viewer thread: {r['moving_fps']:.1f} frames/s while orbiting at "
           f"{r['moving_size'][0]}x{r['moving_size'][1]}; full {r['full_size'][0]}x{r['full_size'][1]} frame "
           f"{r['still_to_full_s'] * 1000:.0f} ms after the last move")

@@ -78,4 +78,19 @@ def canvas_picture(driver) -> np.ndarray:
     return page_picture(driver)[y : y + h, x : x + w]
 
 
-__all__ = ["canvas_picture", "chromium_paths", "headless_chromium", "missing", "page_picture"]
+def element_pictures(driver, css: str) -> list[np.ndarray]:
+    """Each element matching the CSS selector, scrolled into view, as (H, W, 3) uint8 RGB cut from a page
+    screenshot (e.g. ".uplot canvas": the plots in the GUI panel, which may need scrolling to)."""
+    from selenium.webdriver.common.by import By
+
+    pictures = []
+    for element in driver.find_elements(By.CSS_SELECTOR, css):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        rect = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                     "return [r.left, r.top, r.width, r.height];", element)
+        x, y, w, h = (int(round(v)) for v in rect)
+        pictures.append(page_picture(driver)[max(y, 0) : y + h, max(x, 0) : x + w])
+    return pictures
+
+
+__all__ = ["canvas_picture", "chromium_paths", "element_pictures", "headless_chromium", "missing", "page_picture"]

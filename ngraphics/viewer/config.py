@@ -17,16 +17,24 @@ class ViewerConfig:
     max_resolution: longer side of a still frame, pixels (the browser canvas, shrunk to fit).
     moving_frame_s: target seconds per frame while the camera moves (sets the reduced size).
     still_after_s: the camera counts as still after this many seconds without a move.
+    still_refresh_s: while training, a still camera's picture follows the model at most this often (and
+        within the budget): the model changes every step, the picture need not.
+    max_train_frame_s: while training, the longest one frame may take (measured speed): a full frame that
+        would take longer is rendered smaller, so the training thread never stalls long for the viewer.
     thumbnail: longer side of the training photos shown in the frustums, pixels (0: no photos).
+    mesh_resolution: marching-cubes grid of the mesh shown for surface methods (GUI slider).
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
-    render_share: float = 0.05
+    render_share: float = 0.03
     max_resolution: int = 512
     moving_frame_s: float = 1 / 30
     still_after_s: float = 0.2
+    still_refresh_s: float = 2.0
+    max_train_frame_s: float = 1.0
     thumbnail: int = 96
+    mesh_resolution: int = 128
 
     def __post_init__(self) -> None:
         if not 0 < self.render_share <= 1:

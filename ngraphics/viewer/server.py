@@ -8,7 +8,7 @@ Two drivers share one `render_pending(budget)`:
 
 - **During training, a trainer hook** (`viewer(trainer, step, losses)`): after each step the training thread
   renders what the browsers wait for, but only while a token bucket (`RenderBudget`) holds credit, so
-  rendering takes at most `render_share` of wall time (GUI slider, default 5 %). No second thread competes
+  rendering takes at most `render_share` of wall time (GUI slider, default 3 %). No second thread competes
   with the step for the lock or the cores, and the budget is exact. While paused, the hook renders freely.
 - **Without training, a thread** (`start()` / `serve_forever()`): renders whenever a camera or a setting
   changes, holding `lock` (the trainer's, if one is given) around each render.
@@ -16,7 +16,9 @@ Two drivers share one `render_pending(budget)`:
 A frame is handed to viser (`client.scene.set_background_image`), which sends it from its own event loop:
 a slow, frozen or closed browser never blocks the caller. While a camera moves, frames are reduced to what
 renders in `moving_frame_s` (measured); once it has been still for `still_after_s`, one full-size frame follows.
-Nothing here asks which method it shows: only `render`, `exports`/`export` and the scene's cameras and images.
+Nothing here asks which method it shows: only `render`, `exports`/`export`, the optional `gaussians()` and
+`surface_mesh()` (offered as "Show: splats / mesh" when a method implements them) and the scene's cameras and
+images.
 """
 
 from __future__ import annotations
@@ -38,6 +40,31 @@ from ngraphics.viewer.config import ViewerConfig
 from ngraphics.viewer.frames import Pace, RenderBudget, camera_pose, crop_mask, display_image, frame_size, pinhole
 
 
+SHOWS = {"splats": "gaussians", "mesh": "surface_mesh"}  # "Show" choices and the optional Method hook of each
+
+
+def initial_position(origins: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Where a browser's camera starts: between training camera 0 and its nearest neighbour, 0.9 x their
+    distance from the centre, so that the training cameras' frustums lie behind it or beside the picture,
+    never in front of the scene. origins: (N, 3) camera centres; centre: (3,) what the camera looks at."""
+    offsets = origins - centre
+    near = int(np.argsort(np.linalg.norm(origins - origins[0], axis=1))[1]) if len(origins) > 1 else 0
+    direction = offsets[0] + offsets[near]
+    norm = np.linalg.norm(direction)
+    direction = direction / norm if norm > 1e-9 else offsets[0] / max(np.linalg.norm(offsets[0]), 1e-9)
+    return centre + 0.9 * float(np.linalg.norm(offsets[[0, near]], axis=1).mean()) * direction
+
+
+def _offers(method, hook: str) -> bool:
+    """Whether `method` implements one of `Method`'s optional display hooks (its default returns None)."""
+    return getattr(type(method), hook, None) not in (None, getattr(Method, hook))
+
+
+JPEG_QUALITY = 85
+FIRST_TRAIN_FRAME_PIXELS = 32 * 32  # the first frame while training, before the render speed is known
+PLOT_COLOURS = {"loss": "#d04030", "psnr": "#3060d0"}  # uPlot series strokes (the browser test looks for them)
+
+
 @dataclass
 class _ClientView:
     """What one browser has asked for and been sent."""
@@ -48,6 +75,7 @@ class _ClientView:
     sent_version: int = -1
     sent_full: bool = False
     sent_step: int = -1
+    sent_at: float = -1e9  # when the last frame was handed to viser
     frames: int = 0
     screenshot: bool = False
     last_size: tuple[int, int] = (0, 0)
@@ -84,7 +112,8 @@ class Viewer:
         self._stop = threading.Event()
         self._history: list[tuple[int, float, float]] = []  # (step, loss, psnr)
         self._plotted_at = 0.0
-        self._requests: list = []  # (kind, client view or None): exports and screenshots, done by the driver
+        self._requests: list = []  # (kind, client view or None): exports, screenshots, nodes; done by the driver
+        self._node = None  # viser's splat or mesh node while "Show" is not "picture"
         self.server = viser.ViserServer(host=config.host, port=config.port, label="ngraphics", verbose=False)
         self.port = self.server.get_port()
         if self.port != config.port:
@@ -110,8 +139,8 @@ class Viewer:
         up = up / max(np.linalg.norm(up), 1e-9)
         spread = float(np.median(np.linalg.norm(origins - origins.mean(0), axis=1))) or 1.0
         self.server.scene.set_up_direction(tuple(up))
-        wxyz, position, fov, _ = camera_pose(cams, 0)
-        self.server.initial_camera.position = tuple(centre + 1.25 * (position - centre))  # camera 0, a step back
+        _, _, fov, _ = camera_pose(cams, 0)
+        self.server.initial_camera.position = tuple(initial_position(origins, centre))
         self.server.initial_camera.look_at = tuple(centre)
         self.server.initial_camera.up = tuple(up)
         self.server.initial_camera.fov = fov
@@ -136,6 +165,15 @@ class Viewer:
         self._status = gui.add_markdown("waiting for a browser")
         self._mode = gui.add_dropdown("Render mode", ("rgb",), initial_value="rgb")
         self._mode.on_update(lambda _: self._changed())
+        shows = ("picture",) + tuple(show for show, hook in SHOWS.items() if _offers(self.method, hook))
+        self._show = gui.add_dropdown("Show", shows, initial_value="picture", visible=len(shows) > 1,
+                                      hint="the rendered picture, or the model's own splats / mesh drawn by the browser")
+        self._show.on_update(lambda event: self._request("show", event.client))
+        self._mesh_res = None
+        if "mesh" in shows:
+            self._mesh_res = gui.add_slider("Mesh resolution", 16, 512, 16, self.config.mesh_resolution)
+        if len(shows) > 1:
+            gui.add_button("Update splats / mesh").on_click(lambda event: self._request("show", event.client))
         self._frustums = gui.add_checkbox("Training cameras", True)
         self._frustums.on_update(lambda _: self._show_frustums())
         self._max_res = gui.add_slider("Max resolution", 64, 2048, 32, self.config.max_resolution)
@@ -164,11 +202,14 @@ class Viewer:
                 self._pause.on_click(lambda _: self.set_paused(not self.paused))
                 self._share = gui.add_slider("Render share %", 1, 100, 1, round(self.config.render_share * 100))
                 self._share.on_update(lambda _: setattr(self.budget, "share", self._share.value / 100))
-                empty = (np.zeros(0), np.zeros(0))
+                # Never created empty: uPlot ranges x once, at creation, from the data it is given, and viser
+                # pushes later data with resetScales=false, so a chart born with no points keeps a null x scale
+                # and draws no line. Two placeholder x values (no y) give it a range to follow.
+                placeholder = (np.array([0.0, 1.0]), np.full(2, np.nan))
                 self._plots = {
-                    k: gui.add_uplot(empty, ({"label": "step"}, {"label": k, "stroke": colour, "width": 2}),
+                    k: gui.add_uplot(placeholder, ({"label": "step"}, {"label": k, "stroke": colour, "width": 2}),
                                      title=k, aspect=2.0, scales={"x": {"time": False}})
-                    for k, colour in (("loss", "#d04030"), ("psnr", "#3060d0"))}
+                    for k, colour in PLOT_COLOURS.items()}
 
     # --- browser events (viser's threads) ---------------------------------------------------------------------
 
@@ -260,16 +301,27 @@ class Viewer:
 
     def _due(self, view: _ClientView, now: float) -> tuple[bool, bool]:
         """(render now?, at full size?) for one browser."""
-        if view.client.camera.image_width <= 0:
+        if view.client.camera.image_width <= 0 or self._show.value != "picture":
             return False, False
         still = now - view.moved_at >= self.config.still_after_s
         if view.version != view.sent_version:
             return True, still
         if still and not view.sent_full:
             return True, True
-        if view.sent_step != self.step and still:
-            return True, True  # the model changed under a still camera
+        if view.sent_step != self.step and still and (self.paused or now - view.sent_at >= self.config.still_refresh_s):
+            return True, True  # the model changed under a still camera: a new picture now and then
         return False, False
+
+    def _frame_pixels(self, full: bool, training: bool) -> float | None:
+        """At most how many pixels the next frame may have (None: the full size). While the camera moves: what
+        renders in `moving_frame_s`. While training, no frame may take longer than `max_train_frame_s`, so a
+        slow machine gets smaller still frames instead of one long stall of the training thread; until the
+        speed is known, the first frame has FIRST_TRAIN_FRAME_PIXELS."""
+        limits = [] if full else [self.pace.pixels_for(self.config.moving_frame_s)]
+        if training:
+            limits.append(self.pace.pixels_for(self.config.max_train_frame_s) or FIRST_TRAIN_FRAME_PIXELS)
+        limits = [p for p in limits if p is not None]
+        return min(limits) if limits else None
 
     def render_pending(self, budget: RenderBudget | None) -> int:
         """Render what the browsers wait for (at most one frame each), while `budget` allows (None: no limit).
@@ -284,15 +336,16 @@ class Viewer:
             if not due or (budget is not None and not budget.allows()):
                 continue
             version = view.version
-            cameras = self.camera_of(view, None if full else self.pace.pixels_for(self.config.moving_frame_s))
+            cameras = self.camera_of(view, self._frame_pixels(full, budget is not None))
             start = time.perf_counter()
             picture, _ = self.render_picture(cameras)
             seconds = time.perf_counter() - start
             self.pace.record(picture.shape[0] * picture.shape[1], seconds)
-            if budget is not None:
-                budget.spend(seconds)
-            view.client.scene.set_background_image(picture, format="jpeg", jpeg_quality=90)
+            view.client.scene.set_background_image(picture, format="jpeg", jpeg_quality=JPEG_QUALITY)
+            if budget is not None:  # the whole frame: render, colour map, JPEG encoding, queueing
+                budget.spend(time.perf_counter() - start)
             view.sent_version, view.sent_full, view.sent_step = version, full, self.step
+            view.sent_at = time.perf_counter()
             view.frames, view.last_size = view.frames + 1, (picture.shape[1], picture.shape[0])
             view.log.append((version, time.perf_counter(), full))
             del view.log[:-256]
@@ -308,6 +361,8 @@ class Viewer:
             try:
                 if kind == "screenshot":
                     message = f"saved {self.screenshot(view)}"
+                elif kind == "show":
+                    message = self.show_node()
                 else:
                     with self.lock if self.lock is not None else nullcontext():
                         message = f"exported {self.method.export(kind, self.run_path / 'exports' / kind)}"
@@ -316,6 +371,41 @@ class Viewer:
             print(f"viewer: {message}", file=sys.stderr)
             if view is not None:
                 view.client.add_notification(title=kind, body=message, auto_close_seconds=5.0)
+
+    def show_node(self) -> str:
+        """Replace the splat or mesh node by one of the current model, as "Show" says (none for "picture"):
+        `method.gaussians()` through viser's Gaussian-splat node, `method.surface_mesh(resolution)` as a mesh
+        (a GLB with vertex colours where the mesh has them). The rendered picture is cleared while a node shows.
+        Returns what is shown, in words."""
+        show = self._show.value
+        if self._node is not None:
+            self._node.remove()
+            self._node = None
+        if show == "picture":
+            self._changed()  # every browser gets a picture again
+            return "showing the rendered picture"
+        scene = self.server.scene
+        with self.lock if self.lock is not None else nullcontext():
+            if show == "splats":
+                g = self.method.gaussians()
+                self._node = scene.add_gaussian_splats("/splats", g.centers.numpy(), g.covariances.numpy(),
+                                                       g.rgb.numpy(), g.opacity.numpy())
+                message = f"showing {len(g.centers)} Gaussians (step {self.step})"
+            else:
+                resolution = int(self._mesh_res.value)
+                mesh = self.method.surface_mesh(resolution)
+                if mesh.colors is not None:
+                    self._node = scene.add_mesh_trimesh("/mesh", mesh.to_trimesh())
+                else:
+                    self._node = scene.add_mesh_simple("/mesh", mesh.vertices.numpy(), mesh.faces.numpy())
+                message = (f"showing the mesh: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces "
+                           f"(marching cubes at {resolution}, step {self.step})")
+        with self._views_lock:
+            views = list(self.views.values())
+        for view in views:
+            view.client.scene.set_background_image(None)
+            view.sent_version = -1  # a picture is due once "Show" returns to "picture"
+        return message
 
     def screenshot(self, view: _ClientView | None = None) -> Path:
         """Render a browser's camera (default: the first connected one, or training camera 0) at full size in
@@ -339,8 +429,9 @@ class Viewer:
             return
         self.step = step
         now = time.perf_counter()
-        if self._plots is not None and now - self._plotted_at >= 0.5 and "loss" in losses:
-            self._plotted_at = now  # reading the losses is a host sync: twice a second at most
+        logged = step % trainer.config.trainer.log_every == 0  # the trainer has synced: reading is free
+        if self._plots is not None and "loss" in losses and (logged or now - self._plotted_at >= 0.5):
+            self._plotted_at = now  # otherwise reading the losses is a host sync: twice a second at most
             self._plot(step, {k: float(v) for k, v in losses.items() if k in ("loss", "psnr")})
         self.render_pending(self.budget)
         while self.paused and not self._stop.is_set():

@@ -16,7 +16,7 @@ its default render_mode "RGB" (colour only) and in "RGB+ED" (colour + expected d
 gsplat's `packed` mode is timed both ways (its trainer's default is packed=False). The images of the two
 libraries are compared (mean absolute difference of rgb) as a sanity check that both rendered the same scene.
 
-`--sweep` first times ngraphics' rasterizer over its pixels per program and warp counts (`TUNING` in
+`--sweep` first times ngraphics' rasterizer over its pixels per program and warp counts (on the first count) (`TUNING` in
 kernels/splat_rasterize.py) and uses the fastest; `--profile` prints where ngraphics' fwd+bwd time goes
 (CUDA kernels, torch.profiler).
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         scene = frustum_scene(count, args.width, args.height)
         weight = torch.rand(args.height, args.width, 3, device="cuda",
                             generator=torch.Generator("cuda").manual_seed(1))
-        if args.sweep:
+        if args.sweep and not rows:  # on the first count; the others use its choice
             sweep(scene, args.width, args.height, weight, args.reps)
         if args.profile:
             profile(scene, args.width, args.height, weight)

@@ -189,6 +189,15 @@ def test_cameras_that_see_none_are_one_error(tmp_path):
         m.check_in_view(turned, "orbit:")
 
 
+def test_pruning_every_gaussian_is_one_error():
+    scene = tiny_scene()
+    m = Splat(small(init_points=30, densify=DefaultStrategy(prune_opa=0.999, refine_start=0, refine_every=1)), scene)
+    sampler = m.sampler(scene, "cpu")
+    with pytest.raises(DataError, match="^step 1: no Gaussians left .*prune_opa"):
+        for step in range(2):
+            m.train_step({**sampler.sample(), "step": step, "progress": 0.0})
+
+
 def test_from_splats_renders_a_file_like_the_trained_method(tmp_path):
     m = Splat(small(init_points=40), tiny_scene())
     path = m.export("ply", tmp_path / "s.ply")

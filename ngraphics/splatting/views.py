@@ -29,14 +29,14 @@ def gaussians_in_view(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         cameras: C cameras, OpenCV axes; moved to the Gaussians' device.
         near_plane: Gaussians closer than this along +z are not seen, world units. Default 0.01.
     Returns: (C,) int64 counts, on the CPU.
-    Cameras of one size are projected together, about 2^22 camera-Gaussian pairs at a time.
+    Cameras of one size are projected together, about 2^20 camera-Gaussian pairs at a time.
     """
     cameras = cameras.to(means.device)
     viewmats = torch.linalg.inv(cameras.c2w.to(means))  # (C, 4, 4)
     ones = torch.ones(len(means), dtype=means.dtype, device=means.device)
     counts = torch.zeros(len(cameras), dtype=torch.int64)
     sizes = torch.stack([cameras.width, cameras.height], 1).cpu()
-    step = max(1, (1 << 22) // max(len(means), 1))
+    step = max(1, (1 << 20) // max(len(means), 1))
     for width, height in torch.unique(sizes, dim=0).tolist():
         index = ((sizes[:, 0] == width) & (sizes[:, 1] == height)).nonzero().squeeze(1)
         for chunk in index.split(step):

@@ -2,10 +2,10 @@
 `ngraphics.splatting.rasterize.rasterize_to_pixels_torch` (same arguments, same outputs), forward and backward.
 
 Layout: one program per (camera, tile, group of PIX pixels) and block of CB output channels; its PIX lanes
-are PIX consecutive pixels of the tile (all 256 of a 16 x 16 tile by default; 32 make a program one warp,
-whose per-Gaussian reductions are then shuffles without barriers, while the tile's Gaussians are read by
-each of its programs). It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]])
-one at a time, front to back, and stops once every pixel is done (3DGS/gsplat's shape, without their shared-memory
+are PIX consecutive pixels of the tile (32 by default: a program is one warp, whose per-Gaussian
+reductions are then shuffles without barriers, while the tile's Gaussians are read by each of its
+programs). It walks the tile's depth-sorted Gaussians (flatten_ids[offsets[t]:offsets[t + 1]]) one at a
+time, front to back, and stops once every pixel is done (3DGS/gsplat's shape, without their shared-memory
 batches). Channel blocks split any channel count D (colour + features + depth) into programs of at most
 `TUNING["channels"]` accumulators per pixel; each recomputes the same alphas (cheap next to the colour
 loads) so the per-pixel state is small and extra feature channels never touch the core. Block 0 also
@@ -39,10 +39,11 @@ import triton
 import triton.language as tl
 
 # Pixels per program (a power of two dividing the tile's 256: a program takes that many consecutive pixels
-# of one tile, so smaller programs reduce over fewer lanes), channels per program, warps. 16 channels keep
-# the forward's (pixels, CB) accumulator and the backward's gOut block within registers (rgb + depth = 4
-# channels runs one block). `python -m ngraphics.kernels.bench_splat --sweep` times the choices.
-TUNING = {"pixels": 256, "channels": 16, "warps": 4}
+# of one tile), channels per program (16 keep the forward's (pixels, CB) accumulator and the backward's gOut
+# block in registers; rgb + depth = 4 channels runs one block), warps. Measured on the H200 (1M Gaussians at
+# 1080p, fwd+bwd, `python -m ngraphics.kernels.bench_splat --sweep`, docs/benchmarks.md): 32 pixels on one
+# warp 33.5 ms; 64/1 37.6, 128/2 36.9, 256/4 39.2, 256/8 51.8.
+TUNING = {"pixels": 32, "channels": 16, "warps": 1}
 # The reference's constants (ngraphics/splatting/rasterize.py), as constexpr globals the kernels may read.
 ALPHA_MAX, ALPHA_MIN, T_MIN = tl.constexpr(0.99), tl.constexpr(1.0 / 255.0), tl.constexpr(1e-4)
 

@@ -168,7 +168,7 @@ class Viewer:
         self._mode.on_update(lambda _: self._changed())
         shows = ("picture",) + tuple(show for show, hook in SHOWS.items() if _offers(self.method, hook))
         self._show = gui.add_dropdown("Show", shows, initial_value="picture", visible=len(shows) > 1,
-                                      hint="the rendered picture, or the model's own splats / mesh drawn by the browser")
+                                      hint="the rendered picture, or the model's splats / mesh drawn by the browser")
         self._show.on_update(lambda event: self._request("show", event.client))
         self._mesh_res = None
         if "mesh" in shows:

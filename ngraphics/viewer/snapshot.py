@@ -2,7 +2,8 @@
 headless Chromium (`ngraphics.viewer.browser`), saved once the full-size frame is on the canvas.
 
     ngraphics train --name viewer-demo                     # the procedural scene, CPU-sized
-    python -m ngraphics.viewer.snapshot runs/viewer-demo docs/images/viewer.png --position 1.62 1.62 1.61 --fov 55 --width 1200 --height 720 --resolution 1200
+    python -m ngraphics.viewer.snapshot runs/viewer-demo docs/images/viewer.png --position 1.62 1.62 1.61 \
+        --fov 55 --width 1200 --height 720 --resolution 1200
 
 The browser's camera is the viewer's initial one (between two training cameras, inside their ring, so the
 frustums lie behind it or around the scene, never in front of it), or `--position` looking at the scene's

@@ -150,6 +150,13 @@ def test_browser_shows_training_follows_the_camera_and_the_mode(tmp_path):
             if os.environ.get("NGRAPHICS_VIEWER_SCREENSHOT"):
                 cv2.imwrite(os.environ["NGRAPHICS_VIEWER_SCREENSHOT"], page_picture(driver)[..., ::-1])
             _plots_draw_their_lines(driver, viewer)
+            # camera 0's view from a step back (the 40-step model is fog from up close): the whole scene in view
+            centre = trainer.train_scene.aabb.double().mean(0).numpy()
+            position = trainer.train_scene.cameras.origins[0].double().numpy()
+            version = view.version
+            view.client.camera.position = centre + 1.25 * (position - centre)
+            view.client.camera.look_at = centre
+            _wait(lambda: view.version > version, 30, "the camera move to reach the viewer")
             viewer.start()  # training is over: the viewer's own thread renders from now on
 
             view = _full_frame_after(viewer, view.version)
@@ -157,7 +164,6 @@ def test_browser_shows_training_follows_the_camera_and_the_mode(tmp_path):
 
             client = view.client  # move the camera through viser's API: orbit 60 degrees about the centre
             position = np.asarray(client.camera.position, dtype=np.float64)
-            centre = trainer.train_scene.aabb.double().mean(0).numpy()
             c, s = np.cos(np.radians(60)), np.sin(np.radians(60))
             offset = position - centre
             client.camera.position = centre + np.array([c * offset[0] - s * offset[1],

@@ -44,7 +44,7 @@ SHOWS = {"splats": "gaussians", "mesh": "surface_mesh"}  # "Show" choices and th
 
 
 def initial_position(origins: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Where a browser's camera starts: between training camera 0 and its nearest neighbour, 0.9 x their
+    """Where a browser's camera starts: between training camera 0 and its nearest neighbour, 0.8 x their
     distance from the centre, so that the training cameras' frustums lie behind it or beside the picture,
     never in front of the scene. origins: (N, 3) camera centres; centre: (3,) what the camera looks at."""
     offsets = origins - centre
@@ -52,7 +52,7 @@ def initial_position(origins: np.ndarray, centre: np.ndarray) -> np.ndarray:
     direction = offsets[0] + offsets[near]
     norm = np.linalg.norm(direction)
     direction = direction / norm if norm > 1e-9 else offsets[0] / max(np.linalg.norm(offsets[0]), 1e-9)
-    return centre + 0.9 * float(np.linalg.norm(offsets[[0, near]], axis=1).mean()) * direction
+    return centre + 0.8 * float(np.linalg.norm(offsets[[0, near]], axis=1).mean()) * direction
 
 
 def _offers(method, hook: str) -> bool:
@@ -61,6 +61,7 @@ def _offers(method, hook: str) -> bool:
 
 
 JPEG_QUALITY = 85
+PLOT_EVERY_S = 2.0  # loss/PSNR plot updates (and loss reads) at most this often, and at the last step
 FIRST_TRAIN_FRAME_PIXELS = 32 * 32  # the first frame while training, before the render speed is known
 PLOT_COLOURS = {"loss": "#d04030", "psnr": "#3060d0"}  # uPlot series strokes (the browser test looks for them)
 
@@ -167,7 +168,7 @@ class Viewer:
         self._mode.on_update(lambda _: self._changed())
         shows = ("picture",) + tuple(show for show, hook in SHOWS.items() if _offers(self.method, hook))
         self._show = gui.add_dropdown("Show", shows, initial_value="picture", visible=len(shows) > 1,
-                                      hint="the rendered picture, or the model's own splats / mesh drawn by the browser")
+                                      hint="the rendered picture, or the model's splats / mesh drawn by the browser")
         self._show.on_update(lambda event: self._request("show", event.client))
         self._mesh_res = None
         if "mesh" in shows:
@@ -429,9 +430,9 @@ class Viewer:
             return
         self.step = step
         now = time.perf_counter()
-        logged = step % trainer.config.trainer.log_every == 0  # the trainer has synced: reading is free
-        if self._plots is not None and "loss" in losses and (logged or now - self._plotted_at >= 0.5):
-            self._plotted_at = now  # otherwise reading the losses is a host sync: twice a second at most
+        last = step >= trainer.config.trainer.steps
+        if self._plots is not None and "loss" in losses and (last or now - self._plotted_at >= PLOT_EVERY_S):
+            self._plotted_at = now  # reading the losses is a host sync, and each update costs the browser a redraw
             self._plot(step, {k: float(v) for k, v in losses.items() if k in ("loss", "psnr")})
         self.render_pending(self.budget)
         while self.paused and not self._stop.is_set():

@@ -2,16 +2,20 @@
 headless Chromium (`ngraphics.viewer.browser`), saved once the full-size frame is on the canvas.
 
     ngraphics train --name viewer-demo                     # the procedural scene, CPU-sized
-    python -m ngraphics.viewer.snapshot runs/viewer-demo docs/images/viewer.png
+    python -m ngraphics.viewer.snapshot runs/viewer-demo docs/images/viewer.png --position 1.62 1.62 1.61 \
+        --fov 55 --width 1200 --height 720 --resolution 1200
 
 The browser's camera is the viewer's initial one (between two training cameras, inside their ring, so the
-frustums lie behind it or around the scene, never in front of it). Viser's "Software WebGL rendering detected"
+frustums lie behind it or around the scene, never in front of it), or `--position` looking at the scene's
+centre (docs/images/viewer.png: 2.8 from the centre at 35 degrees elevation and 45 degrees azimuth, inside the
+procedural scene's ring of cameras at 3.5). Viser's "Software WebGL rendering detected"
 notice, which only software WebGL (SwiftShader) shows, is closed before the picture is taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -25,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=560, help="browser window height, pixels")
     parser.add_argument("--resolution", type=int, default=1000, help="longer side of the rendered frame")
     parser.add_argument("--no-cameras", action="store_true", help="hide the training cameras' frustums")
+    parser.add_argument("--position", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="camera position, looking at the scene box's centre (default: the initial camera)")
+    parser.add_argument("--fov", type=float, help="vertical field of view, degrees (default: training camera 0's)")
     parser.add_argument("--port", type=int, default=8520)
     args = parser.parse_args(argv)
 
@@ -50,7 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         with headless_chromium(args.width, args.height) as driver:
             driver.get(viewer.url)
             deadline = time.time() + 600
-            while time.time() < deadline and not any(v.sent_full for v in list(viewer.views.values())):
+            while time.time() < deadline and not viewer.views:
+                time.sleep(0.2)
+            view = next(iter(viewer.views.values()))
+            if args.position is not None:
+                version = view.version
+                view.client.camera.position = tuple(args.position)
+                view.client.camera.look_at = tuple(scene.aabb.double().mean(0).tolist())
+            if args.fov is not None:
+                version = view.version
+                view.client.camera.fov = math.radians(args.fov)
+                while time.time() < deadline and view.version == version:
+                    time.sleep(0.05)
+            while time.time() < deadline and not (view.sent_full and view.sent_version == view.version):
                 time.sleep(0.2)
             time.sleep(3.0)  # the JPEG decoded and drawn
             driver.execute_script(  # close the software-WebGL notice (headless SwiftShader only)

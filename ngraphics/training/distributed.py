@@ -1,0 +1,101 @@
+"""Several processes training one run on torch.distributed (data parallel): the process group, this process's
+`Dist` value, and the launcher behind `ngraphics train --gpus N`.
+
+    ngraphics train CONFIG --gpus 2                                  # starts torchrun with 2 processes
+    torchrun --standalone --nproc_per_node 2 -m ngraphics.cli train CONFIG      # the same, by hand
+
+torchrun describes each process in its environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
+`start` joins the default process group from it: gloo for CPU tensors, and NCCL for CUDA tensors when the run
+is on CUDA (then rank r uses GPU LOCAL_RANK). The protocol's `Dist` carries rank and world size to the trainer
+and the methods, which reduce gradients through `Dist.average_gradients` (nanoGPT's few-line DDP set-up, with
+the all-reduce in the method, which owns its optimizer step). Everything runs on torch.distributed's own
+transports; nothing here sends bytes itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import torch
+import torch.distributed
+
+from ngraphics.errors import ConfigError
+from ngraphics.methods.base import SINGLE_PROCESS, Dist
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started for this run (WORLD_SIZE), 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def start(device: torch.device) -> Dist:
+    """Join the process group torchrun set up in the environment; `SINGLE_PROCESS` outside torchrun.
+
+    device: the run's device (`trainer.device`, picked): on CUDA this rank takes GPU LOCAL_RANK and the group
+        gets NCCL for CUDA tensors beside gloo for CPU ones; elsewhere gloo only.
+    ConfigError when CUDA has fewer GPUs than processes on this host."""
+    world = launched_world_size()
+    if world == 1:
+        return SINGLE_PROCESS
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if not torch.distributed.is_initialized():
+        backend = "gloo"
+        if device.type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise ConfigError(f"--gpus: process {local} on this host has no GPU "
+                                  f"({torch.cuda.device_count()} visible); use at most that many")
+            torch.cuda.set_device(local)
+            backend = "cpu:gloo,cuda:nccl"
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+    return Dist(rank, world)
+
+
+def stop(dist: Dist) -> None:
+    """Leave the process group (after the last collective of the run)."""
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def rank_device(device: torch.device, dist: Dist) -> torch.device:
+    """This rank's device: on CUDA in a multi-process run the GPU `start` chose (cuda:LOCAL_RANK), else
+    `device` as given."""
+    if dist.world_size > 1 and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def from_main(value: Any, dist: Dist) -> Any:
+    """The main rank's `value` (any picklable object) on every rank: decisions that must not differ, such as
+    a run name made from the clock or the host-measured time of a step."""
+    if dist.world_size == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    return box[0]
+
+
+def barrier(dist: Dist) -> None:
+    """Wait until every rank gets here (a host-side all-reduce over gloo: no GPU work is waited for)."""
+    if dist.world_size > 1:
+        torch.distributed.all_reduce(torch.zeros(1))
+
+
+def resumed_seed(base: int, dist: Dist, step: int) -> int:
+    """The seed of a rank whose random state the checkpoint does not hold (checkpoints keep the main rank's):
+    new to this rank and step, so resumed ranks draw neither the main rank's batches nor their own first ones."""
+    return dist.seed(base) + 1_000_003 * (step + 1)
+
+
+def launch(n: int, argv: list[str]) -> int:
+    """Run `ngraphics <argv>` as n processes under torchrun on this host (a standalone rendezvous on a free
+    port); returns its exit status. The processes find WORLD_SIZE = n in their environment and `start` joins
+    them."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "ngraphics.cli", *argv]
+    return subprocess.call(command)
+
+
+__all__ = ["barrier", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed", "start", "stop"]

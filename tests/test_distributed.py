@@ -1,0 +1,202 @@
+"""Several processes on torch.distributed (gloo on the CPU, spawned here as torchrun would start them):
+
+- a NeRF step on 2 ranks, each on its share of the rays, equals one process's step on the whole batch
+  (gradients and updated parameters, Adam and tcnn's sparse Adam);
+- a checkpoint written by 2 ranks resumes on 1 and on 3 processes with the same weights, and the ranks of a
+  run hold the same weights;
+- only rank 0 writes files;
+- `ngraphics train --gpus 2` starts torchrun and trains.
+Each spawned process uses one torch thread and a 16x16-pixel procedural scene.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing
+
+from ngraphics.cli import main
+from ngraphics.methods.base import SINGLE_PROCESS, Dist
+from ngraphics.methods.nerf import NeRF
+from ngraphics.training import distributed
+from ngraphics.training.run_config import find_config, load_run_config, load_split
+from ngraphics.training.run_folder import RunFolder
+from ngraphics.training.trainer import Trainer
+
+TINY = [
+    "data.options={resolution: 16, n_views: 6, mesh_resolution: 0}",
+    "data.eval_views=2",
+    "trainer.steps=6",
+    "trainer.log_every=2",
+    "trainer.save_every=3",
+    "trainer.save_every_s=0",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+    "model.field.encoding={n_levels: 2, log2_hashmap_size: 10}",
+    "model.field.max_resolution=32",
+    "model.occupancy={resolution: 8, warmup_steps: 2, update_every: 2}",
+    "model.render_steps=48",
+    "model.target_samples=65536",
+    "model.initial_rays=256",
+    "model.render_chunk=1024",
+]
+
+
+def _config(extra: list[str] = ()):
+    return load_run_config(find_config(None), TINY + list(extra))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, n: int, *args) -> None:
+    """Run fn(dist, *args) in n processes that join one gloo process group, as torchrun's would."""
+    torch.multiprocessing.spawn(_rank_entry, args=(n, _free_port(), fn, args), nprocs=n, join=True)
+
+
+def _rank_entry(rank: int, n: int, port: int, fn, args) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist = distributed.start(torch.device("cpu"))
+    assert (dist.rank, dist.world_size) == (rank, n)
+    try:
+        fn(dist, *args)
+    finally:
+        distributed.stop(dist)
+
+
+# --- one step on 2 ranks == one step on the whole batch ---------------------------------------------------------
+
+
+def _one_step(method: NeRF, batch: dict) -> dict:
+    """One train_step (step 1: no occupancy refresh); returns the gradients and the updated parameters."""
+    method.train_step({**batch, "step": 1, "progress": 0.1})
+    n_rays, n_valid = batch["origins"].shape[0], method.readout.latest[0]
+    assert n_valid == n_rays, f"{n_rays - n_valid} rays cut from the sample buffer: the comparison needs them all"
+    params = [p for group in method.optimizer.param_groups for p in group["params"]]
+    return {"grads": [p.grad.clone() for p in params], "params": [p.detach().clone() for p in params]}
+
+
+def _nerf(optimizer: str, dist: Dist) -> NeRF:
+    config = _config([f"model.optimizer={optimizer}", "model.jitter=false"])
+    scene = load_split(config.data, "train")
+    torch.manual_seed(0)
+    return NeRF(config.model, scene, "cpu", dist)
+
+
+def _step_on_share(dist: Dist, rays_path: Path, split: int, out: Path) -> None:
+    batch = torch.load(rays_path)
+    part = slice(0, split) if dist.rank == 0 else slice(split, None)  # unequal shares: weights matter
+    share = {k: v[part] for k, v in batch.items()}
+    torch.save({opt: _one_step(_nerf(opt, dist), share) for opt in ("adam", "tcnn")}, out / f"step{dist.rank}.pt")
+
+
+def test_one_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
+    config = _config()
+    scene = load_split(config.data, "train")
+    from ngraphics.data.batches import RaySampler
+
+    torch.manual_seed(1)
+    batch = RaySampler(scene, torch.device("cpu"), 256).sample()
+    batch = {k: batch[k] for k in ("origins", "directions", "rgb", "background")}
+    torch.save(batch, tmp_path / "rays.pt")
+    _spawn(_step_on_share, 2, tmp_path / "rays.pt", 100, tmp_path)
+    ranks = [torch.load(tmp_path / f"step{r}.pt") for r in range(2)]
+    wholes = {}
+    for optimizer in ("adam", "tcnn"):
+        whole = wholes[optimizer] = _one_step(_nerf(optimizer, SINGLE_PROCESS), batch)
+        for rank in ranks:
+            for key in ("grads", "params"):
+                for got, want in zip(rank[optimizer][key], whole[key], strict=True):
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=f"{optimizer} {key}")
+        # the hash table's gradient is sparse: untouched entries stay exactly 0 on every rank, as on one
+        table = whole["grads"][0]
+        assert 0 < int((table != 0).sum()) < table.numel()
+        assert torch.equal(ranks[1][optimizer]["grads"][0] != 0, table != 0)
+    # the two halves alone give other gradients: the test can tell an all-reduce from none
+    half = _one_step(_nerf("adam", SINGLE_PROCESS), {k: v[:100] for k, v in batch.items()})
+    assert not torch.allclose(half["grads"][1], wholes["adam"]["grads"][1], rtol=1e-3, atol=1e-6)
+
+
+# --- a run on 2 ranks: files, weights, resume on 1 and 3 ---------------------------------------------------------
+
+
+def _train(dist: Dist, folder: Path, out: Path) -> None:
+    run = RunFolder(folder if dist.is_main else folder.with_name(f"{folder.name}-rank{dist.rank}"))
+    trainer = Trainer(_config(), run, dist=dist)
+    result = trainer.train()
+    assert (result != {}) == dist.is_main
+    torch.save(trainer.method.state_dict()["field"], out / f"trained{dist.rank}.pt")
+
+
+def _resume(dist: Dist, folder: Path, out: Path) -> None:
+    trainer = Trainer(_config(["trainer.steps=8"]), RunFolder(folder), resume=True, dist=dist)
+    loaded = {k: v.clone() for k, v in trainer.method.state_dict()["field"].items()}
+    trainer.train()
+    torch.save({"loaded": loaded, "trained": trainer.method.state_dict()["field"],
+                "rays": trainer.method.rays_per_batch}, out / f"resumed{dist.rank}.pt")
+
+
+def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_path):
+    folder = tmp_path / "run"
+    _spawn(_train, 2, folder, tmp_path)
+    # only rank 0 wrote: rank 1 was given a folder of its own, which must not exist
+    assert not (tmp_path / "run-rank1").exists()
+    assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
+    trained = [torch.load(tmp_path / f"trained{r}.pt") for r in range(2)]
+    for key, value in trained[0].items():
+        torch.testing.assert_close(trained[1][key], value, rtol=0, atol=0, msg=key)  # the ranks stayed equal
+    state = RunFolder(folder).checkpoints.latest(map_location="cpu")[1]
+    assert state["step"] == 6
+    for key, value in state["method"]["field"].items():
+        torch.testing.assert_close(value, trained[0][key], rtol=0, atol=0, msg=key)
+    per_rank_rays = state["method"]["rays_per_batch"] // 2
+
+    # on one process: the same weights, the whole batch, and it trains on
+    one = tmp_path / "one"
+    shutil.copytree(folder, one)
+    trainer = Trainer(_config(["trainer.steps=8"]), RunFolder(one), resume=True)
+    for key, value in trainer.method.state_dict()["field"].items():
+        torch.testing.assert_close(value, trained[0][key], rtol=0, atol=0, msg=key)
+    assert trainer.method.rays_per_batch == state["method"]["rays_per_batch"] == 2 * per_rank_rays
+    trainer.train()
+    assert trainer.step == 8
+
+    # on three processes: every rank loads the same weights and they stay equal
+    three = tmp_path / "three"
+    shutil.copytree(folder, three)
+    _spawn(_resume, 3, three, tmp_path)
+    resumed = [torch.load(tmp_path / f"resumed{r}.pt") for r in range(3)]
+    for rank in resumed:
+        for key, value in trained[0].items():
+            torch.testing.assert_close(rank["loaded"][key], value, rtol=0, atol=0, msg=key)
+            torch.testing.assert_close(rank["trained"][key], resumed[0]["trained"][key], rtol=0, atol=0, msg=key)
+    assert RunFolder(three).checkpoints.latest(map_location="cpu")[1]["step"] == 8
+
+
+def test_train_gpus_two_starts_torchrun(tmp_path, capsys):
+    args = ["train", "--gpus", "2", "--runs-dir", str(tmp_path), "--name", "two", "--quiet"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    run = RunFolder(tmp_path / "two")
+    assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 6
+    assert [r["step"] for r in run.read_metrics() if r["split"] == "train"] == [2, 4, 6]
+    assert main(["train", "--resume", str(run.path), "--set", "trainer.steps=8", "--quiet"]) == 0  # on one
+    assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 8
+
+
+def test_gpus_must_be_positive_and_match_torchrun(monkeypatch, capsys):
+    assert main(["train", "--gpus", "0"]) == 2
+    assert "--gpus: expected a positive number of processes, got 0" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["train", "--gpus", "2"]) == 2
+    assert "--gpus 2 under torchrun with 3 processes" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import torch.multiprocessing
 
 from ngraphics.cli import main
 from ngraphics.methods.base import SINGLE_PROCESS, Dist
-from ngraphics.methods.nerf import NeRF
+from ngraphics.methods.nerf import NeRF, round_rays
 from ngraphics.training import distributed
 from ngraphics.training.run_config import find_config, load_run_config, load_split
 from ngraphics.training.run_folder import RunFolder
@@ -129,20 +129,26 @@ def test_one_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
 # --- a run on 2 ranks: files, weights, resume on 1 and 3 ---------------------------------------------------------
 
 
+def _weights(method: NeRF) -> dict:
+    """What every rank must hold alike: the field's weights and the occupancy grid."""
+    state = method.state_dict()
+    return {**state["field"], **{f"grid.{k}": v for k, v in state["grid"].items()}}
+
+
 def _train(dist: Dist, folder: Path, out: Path) -> None:
     run = RunFolder(folder if dist.is_main else folder.with_name(f"{folder.name}-rank{dist.rank}"))
     trainer = Trainer(_config(), run, dist=dist)
     result = trainer.train()
     assert (result != {}) == dist.is_main
-    torch.save(trainer.method.state_dict()["field"], out / f"trained{dist.rank}.pt")
+    torch.save({"weights": _weights(trainer.method), "rays": trainer.method.rays_per_batch}, out / f"trained{dist.rank}.pt")
 
 
 def _resume(dist: Dist, folder: Path, out: Path) -> None:
     trainer = Trainer(_config(["trainer.steps=8"]), RunFolder(folder), resume=True, dist=dist)
-    loaded = {k: v.clone() for k, v in trainer.method.state_dict()["field"].items()}
+    loaded = {k: v.clone() for k, v in _weights(trainer.method).items()}
+    rays = trainer.method.rays_per_batch
     trainer.train()
-    torch.save({"loaded": loaded, "trained": trainer.method.state_dict()["field"],
-                "rays": trainer.method.rays_per_batch}, out / f"resumed{dist.rank}.pt")
+    torch.save({"loaded": loaded, "trained": _weights(trainer.method), "rays": rays}, out / f"resumed{dist.rank}.pt")
 
 
 def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_path):
@@ -151,22 +157,24 @@ def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_pa
     # only rank 0 wrote: rank 1 was given a folder of its own, which must not exist
     assert not (tmp_path / "run-rank1").exists()
     assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
-    trained = [torch.load(tmp_path / f"trained{r}.pt") for r in range(2)]
-    for key, value in trained[0].items():
-        torch.testing.assert_close(trained[1][key], value, rtol=0, atol=0, msg=key)  # the ranks stayed equal
+    ranks = [torch.load(tmp_path / f"trained{r}.pt") for r in range(2)]
+    trained = ranks[0]["weights"]
+    for key, value in trained.items():  # the ranks stayed equal: weights and occupancy grid
+        torch.testing.assert_close(ranks[1]["weights"][key], value, rtol=0, atol=0, msg=key)
     state = RunFolder(folder).checkpoints.latest(map_location="cpu")[1]
     assert state["step"] == 6
-    for key, value in state["method"]["field"].items():
-        torch.testing.assert_close(value, trained[0][key], rtol=0, atol=0, msg=key)
-    per_rank_rays = state["method"]["rays_per_batch"] // 2
+    saved = {**state["method"]["field"], **{f"grid.{k}": v for k, v in state["method"]["grid"].items()}}
+    for key, value in trained.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=0, msg=key)
+    assert state["method"]["rays_per_batch"] == 2 * ranks[0]["rays"]  # the global batch, not a rank's share
 
     # on one process: the same weights, the whole batch, and it trains on
     one = tmp_path / "one"
     shutil.copytree(folder, one)
     trainer = Trainer(_config(["trainer.steps=8"]), RunFolder(one), resume=True)
-    for key, value in trainer.method.state_dict()["field"].items():
-        torch.testing.assert_close(value, trained[0][key], rtol=0, atol=0, msg=key)
-    assert trainer.method.rays_per_batch == state["method"]["rays_per_batch"] == 2 * per_rank_rays
+    for key, value in _weights(trainer.method).items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0, msg=key)
+    assert trainer.method.rays_per_batch == state["method"]["rays_per_batch"]
     trainer.train()
     assert trainer.step == 8
 
@@ -176,7 +184,8 @@ def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_pa
     _spawn(_resume, 3, three, tmp_path)
     resumed = [torch.load(tmp_path / f"resumed{r}.pt") for r in range(3)]
     for rank in resumed:
-        for key, value in trained[0].items():
+        assert rank["rays"] == round_rays(state["method"]["rays_per_batch"] / 3)
+        for key, value in trained.items():
             torch.testing.assert_close(rank["loaded"][key], value, rtol=0, atol=0, msg=key)
             torch.testing.assert_close(rank["trained"][key], resumed[0]["trained"][key], rtol=0, atol=0, msg=key)
     assert RunFolder(three).checkpoints.latest(map_location="cpu")[1]["step"] == 8

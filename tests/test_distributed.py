@@ -20,8 +20,11 @@ import torch
 import torch.multiprocessing
 
 from ngraphics.cli import main
+from ngraphics.data.batches import RaySampler
+from ngraphics.fields.sdf_field import SDFFieldConfig
 from ngraphics.methods.base import SINGLE_PROCESS, Dist
 from ngraphics.methods.nerf import NeRF, round_rays
+from ngraphics.methods.neus import Neus, NeusConfig, SurfaceOccupancyConfig
 from ngraphics.training import distributed
 from ngraphics.training.run_config import find_config, load_run_config, load_split
 from ngraphics.training.run_folder import RunFolder
@@ -44,6 +47,11 @@ TINY = [
     "model.initial_rays=256",
     "model.render_chunk=1024",
 ]
+# a small NeuS with an occupancy grid from step 2 (tests/test_neus.py's TINY plus the grid)
+NEUS = NeusConfig(field=SDFFieldConfig(encoding={"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4},
+                                       max_resolution=32, init_radius=0.8, geometry_features=3, color_neurons=16),
+                  rays_per_batch=96, n_samples=16, n_importance=8, importance_rounds=2, warmup_steps=2,
+                  occupancy=SurfaceOccupancyConfig(resolution=16, warmup_steps=2, march_steps=64))
 
 
 def _config(extra: list[str] = ()):
@@ -102,8 +110,6 @@ def _step_on_share(dist: Dist, rays_path: Path, split: int, out: Path) -> None:
 def test_one_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
     config = _config()
     scene = load_split(config.data, "train")
-    from ngraphics.data.batches import RaySampler
-
     torch.manual_seed(1)
     batch = RaySampler(scene, torch.device("cpu"), 256).sample()
     batch = {k: batch[k] for k in ("origins", "directions", "rgb", "background")}
@@ -209,3 +215,47 @@ def test_gpus_must_be_positive_and_match_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert main(["train", "--gpus", "2"]) == 2
     assert "--gpus 2 under torchrun with 3 processes" in capsys.readouterr().err
+
+
+# --- NeuS: one step on 2 ranks == one step on the whole batch ---------------------------------------------------
+
+
+class _SteadyNeus(Neus):
+    """Neus with its training samples at fixed places (no jitter), so that a batch split across ranks draws
+    the same samples as the whole batch on one process."""
+
+    def sample_rays(self, field, origins, directions, jitter, capacity=None):
+        return super().sample_rays(field, origins, directions, False, capacity)
+
+
+def _neus_step(dist: Dist, batch: dict, step: int) -> dict:
+    torch.manual_seed(0)
+    method = _SteadyNeus(NEUS, load_split(_config().data, "train"), "cpu", dist)
+    method.train_step({**batch, "step": step, "progress": 0.1})
+    assert method.grid_ready == (step >= 2)
+    if method.grid_ready:  # every ray fits the sample buffer, on each rank as on one process
+        assert method.readout.latest[1] == batch["origins"].shape[0]
+    params = [p for group in method.optimizer.param_groups for p in group["params"]]
+    return {"grads": [p.grad.clone() for p in params], "params": [p.detach().clone() for p in params]}
+
+
+def _neus_on_share(dist: Dist, rays_path: Path, split: int, out: Path) -> None:
+    batch = torch.load(rays_path)
+    part = slice(0, split) if dist.rank == 0 else slice(split, None)
+    share = {k: v[part] for k, v in batch.items()}
+    torch.save({step: _neus_step(dist, share, step) for step in (1, 2)}, out / f"neus{dist.rank}.pt")
+
+
+def test_one_neus_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
+    scene = load_split(_config().data, "train")
+    torch.manual_seed(1)
+    batch = RaySampler(scene, torch.device("cpu"), 96).sample()
+    torch.save(batch, tmp_path / "rays.pt")
+    _spawn(_neus_on_share, 2, tmp_path / "rays.pt", 40, tmp_path)
+    ranks = [torch.load(tmp_path / f"neus{r}.pt") for r in range(2)]
+    for step in (1, 2):  # stratified samples (step 1), then through the occupancy grid (made at step 2)
+        whole = _neus_step(SINGLE_PROCESS, batch, step)
+        for rank in ranks:
+            for key in ("grads", "params"):
+                for got, want in zip(rank[step][key], whole[key], strict=True):
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=f"step {step} {key}")

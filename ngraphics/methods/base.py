@@ -64,8 +64,17 @@ class Dist:
         """The random seed of this rank for a run seeded with `base` (ranks draw different batches)."""
         return base + self.rank
 
-    # Methods reach torch.distributed only through the two helpers below (its default process group, set up
-    # by `ngraphics.training.distributed`); with one process both do nothing.
+    # Methods reach torch.distributed only through the helpers below (its default process group, set up by
+    # `ngraphics.training.distributed`); with one process they do nothing.
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks (a new tensor; `tensor` itself with one process). For a loss's
+        global normaliser: the count of rays or samples in the whole batch. No host sync on CUDA."""
+        if self.world_size == 1:
+            return tensor
+        total = tensor.clone()
+        torch.distributed.all_reduce(total)
+        return total
 
     @torch.no_grad()
     def average_gradients(self, parameters: Iterable[torch.Tensor], weight: float | torch.Tensor = 1.0) -> None:
@@ -87,8 +96,7 @@ class Dist:
                 p.grad = torch.zeros_like(p)
         device = params[0].grad.device
         w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(1)
-        flat = torch.cat([p.grad.reshape(-1).float() * w for p in params] + [w])
-        torch.distributed.all_reduce(flat)
+        flat = self.sum_over_ranks(torch.cat([p.grad.reshape(-1).float() * w for p in params] + [w]))
         flat = flat[:-1] / flat[-1:].clamp_min(torch.finfo(torch.float32).tiny)
         for p, part in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(part.view_as(p.grad))

@@ -13,8 +13,8 @@ overrides any key (`trainer.steps=2000`, `model.field.encoding.n_levels=8`). The
 runs/<name>/ gets config.yaml, metrics.jsonl, checkpoints/ and renders/. Ctrl-C saves a checkpoint;
 `--resume RUN` continues from the newest one that verifies. `--check-finite` stops at the first NaN/inf entering
 or leaving an encoding or network and names it. `--gpus N` trains with N processes (data parallel on
-torch.distributed: one per GPU on CUDA, gloo processes on a CPU); `torchrun --nproc_per_node N -m ngraphics.cli
-train ...` does the same; a checkpoint resumes on any number of processes.
+torch.distributed: one per GPU on CUDA, gloo processes on a CPU); `torchrun --nproc_per_node N -m
+ngraphics.cli train ...` does the same; a checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", metavar="DIR", help="where run folders go (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--gpus", type=int, default=None, metavar="N",
-                        help="train with N processes on torch.distributed, one per GPU (gloo processes on a CPU)")
+                        help="train with N processes on torch.distributed (one per GPU; on a CPU: gloo)")
     parser.add_argument("--check-finite", action="store_true",
                         help="name the first encoding or network whose input or output has NaN/inf (slower)")
     from ngraphics.apps.view import add_viewer_arguments
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus is not None and args.gpus > 1 and world == 1:  # start the processes; each runs this verb
         return distributed.launch(args.gpus, getattr(args, "argv", sys.argv[1:]))
     if args.gpus is not None and world > 1 and args.gpus != world:
-        raise ConfigError(f"--gpus {args.gpus} under torchrun with {world} processes; drop --gpus or match it")
+        raise ConfigError(f"--gpus {args.gpus} under torchrun with {world} processes; drop --gpus or match")
     return _train(args)
 
 
@@ -122,7 +122,8 @@ def _train_as(args: argparse.Namespace, config, path: Path, run_folder, dist) ->
         trainer = Trainer(config, run_folder, dist=dist)
     run_folder.checkpoints.keep = config.trainer.keep_checkpoints
     missing = [item for item in config.cpu_recipe if not _holds(config.to_dict(), item)]
-    if missing and trainer.device.type == "cpu" and dist.is_main:  # after loading: a mistake in the data still gets one line
+    # after loading: a mistake in the data still gets one line
+    if missing and trainer.device.type == "cpu" and dist.is_main:
         flags = " ".join(f"--set {item}" for item in missing)
         print(f"warning: {path} is sized for a CUDA GPU and would take hours on this CPU; CPU-sized: {flags}",
               file=sys.stderr)

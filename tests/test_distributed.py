@@ -48,8 +48,9 @@ TINY = [
     "model.render_chunk=1024",
 ]
 # a small NeuS with an occupancy grid from step 2 (tests/test_neus.py's TINY plus the grid)
-NEUS = NeusConfig(field=SDFFieldConfig(encoding={"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4},
-                                       max_resolution=32, init_radius=0.8, geometry_features=3, color_neurons=16),
+_FIELD = SDFFieldConfig(encoding={"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4},
+                        max_resolution=32, init_radius=0.8, geometry_features=3, color_neurons=16)
+NEUS = NeusConfig(field=_FIELD,
                   rays_per_batch=96, n_samples=16, n_importance=8, importance_rounds=2, warmup_steps=2,
                   occupancy=SurfaceOccupancyConfig(resolution=16, warmup_steps=2, march_steps=64))
 
@@ -81,14 +82,14 @@ def _rank_entry(rank: int, n: int, port: int, fn, args) -> None:
         distributed.stop(dist)
 
 
-# --- one step on 2 ranks == one step on the whole batch ---------------------------------------------------------
+# --- one step on 2 ranks == one step on the whole batch -------------------------------------------------
 
 
 def _one_step(method: NeRF, batch: dict) -> dict:
     """One train_step (step 1: no occupancy refresh); returns the gradients and the updated parameters."""
     method.train_step({**batch, "step": 1, "progress": 0.1})
     n_rays, n_valid = batch["origins"].shape[0], method.readout.latest[0]
-    assert n_valid == n_rays, f"{n_rays - n_valid} rays cut from the sample buffer: the comparison needs them all"
+    assert n_valid == n_rays, f"{n_rays - n_valid} rays cut from the sample buffer: the comparison needs all"
     params = [p for group in method.optimizer.param_groups for p in group["params"]]
     return {"grads": [p.grad.clone() for p in params], "params": [p.detach().clone() for p in params]}
 
@@ -104,7 +105,8 @@ def _step_on_share(dist: Dist, rays_path: Path, split: int, out: Path) -> None:
     batch = torch.load(rays_path)
     part = slice(0, split) if dist.rank == 0 else slice(split, None)  # unequal shares: weights matter
     share = {k: v[part] for k, v in batch.items()}
-    torch.save({opt: _one_step(_nerf(opt, dist), share) for opt in ("adam", "tcnn")}, out / f"step{dist.rank}.pt")
+    steps = {opt: _one_step(_nerf(opt, dist), share) for opt in ("adam", "tcnn")}
+    torch.save(steps, out / f"step{dist.rank}.pt")
 
 
 def test_one_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
@@ -132,7 +134,7 @@ def test_one_step_on_two_ranks_equals_one_step_on_the_whole_batch(tmp_path):
     assert not torch.allclose(half["grads"][1], wholes["adam"]["grads"][1], rtol=1e-3, atol=1e-6)
 
 
-# --- a run on 2 ranks: files, weights, resume on 1 and 3 ---------------------------------------------------------
+# --- a run on 2 ranks: files, weights, resume on 1 and 3 -------------------------------------------------
 
 
 def _weights(method: NeRF) -> dict:
@@ -146,7 +148,8 @@ def _train(dist: Dist, folder: Path, out: Path) -> None:
     trainer = Trainer(_config(), run, dist=dist)
     result = trainer.train()
     assert (result != {}) == dist.is_main
-    torch.save({"weights": _weights(trainer.method), "rays": trainer.method.rays_per_batch}, out / f"trained{dist.rank}.pt")
+    torch.save({"weights": _weights(trainer.method), "rays": trainer.method.rays_per_batch},
+               out / f"trained{dist.rank}.pt")
 
 
 def _resume(dist: Dist, folder: Path, out: Path) -> None:
@@ -154,7 +157,8 @@ def _resume(dist: Dist, folder: Path, out: Path) -> None:
     loaded = {k: v.clone() for k, v in _weights(trainer.method).items()}
     rays = trainer.method.rays_per_batch
     trainer.train()
-    torch.save({"loaded": loaded, "trained": _weights(trainer.method), "rays": rays}, out / f"resumed{dist.rank}.pt")
+    torch.save({"loaded": loaded, "trained": _weights(trainer.method), "rays": rays},
+               out / f"resumed{dist.rank}.pt")
 
 
 def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_path):
@@ -193,7 +197,8 @@ def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_pa
         assert rank["rays"] == round_rays(state["method"]["rays_per_batch"] / 3)
         for key, value in trained.items():
             torch.testing.assert_close(rank["loaded"][key], value, rtol=0, atol=0, msg=key)
-            torch.testing.assert_close(rank["trained"][key], resumed[0]["trained"][key], rtol=0, atol=0, msg=key)
+            torch.testing.assert_close(rank["trained"][key], resumed[0]["trained"][key], rtol=0, atol=0,
+                                       msg=key)
     assert RunFolder(three).checkpoints.latest(map_location="cpu")[1]["step"] == 8
 
 
@@ -217,7 +222,7 @@ def test_gpus_must_be_positive_and_match_torchrun(monkeypatch, capsys):
     assert "--gpus 2 under torchrun with 3 processes" in capsys.readouterr().err
 
 
-# --- NeuS: one step on 2 ranks == one step on the whole batch ---------------------------------------------------
+# --- NeuS: one step on 2 ranks == one step on the whole batch -------------------------------------------
 
 
 class _SteadyNeus(Neus):

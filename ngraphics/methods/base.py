@@ -77,7 +77,8 @@ class Dist:
         return total
 
     @torch.no_grad()
-    def average_gradients(self, parameters: Iterable[torch.Tensor], weight: float | torch.Tensor = 1.0) -> None:
+    def average_gradients(self, parameters: Iterable[torch.Tensor],
+                          weight: float | torch.Tensor = 1.0) -> None:
         """Replace each parameter's gradient by the average over the ranks, weighted by each rank's `weight`:
         g = sum_r w_r g_r / sum_r w_r, in place, as one all-reduce of one float32 buffer.
 
@@ -103,8 +104,8 @@ class Dist:
 
     @torch.no_grad()
     def broadcast_from_main(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Overwrite `tensors` in place with the main rank's values (state every rank must hold alike but draws
-        at random, e.g. an occupancy grid refreshed at random points). bool tensors travel as uint8."""
+        """Overwrite `tensors` in place with the main rank's values: state every rank must hold alike but
+        draws at random, e.g. an occupancy grid refreshed at random points. bool tensors travel as uint8."""
         if self.world_size == 1:
             return
         for t in tensors:

@@ -183,7 +183,8 @@ class NeRF(Method):
         self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=500) if fp16 else None
         self.ema = ParameterEMA(self.field, config.weight_ema) if config.weight_ema > 0 else None
         # a multi-process step all-reduces the gradients on the host's schedule: not recorded as a graph
-        self.step_graph = GraphedStep(self._optimise, enabled=cuda and config.cuda_graphs and dist.world_size == 1)
+        graphs = cuda and config.cuda_graphs and dist.world_size == 1
+        self.step_graph = GraphedStep(self._optimise, enabled=graphs)
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -387,8 +388,8 @@ class NeRF(Method):
 
     def state_dict(self) -> dict:
         state = {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
-                 "optimizer": self.optimizer.state_dict(),
-                 "rays_per_batch": self.rays_per_batch * self.dist.world_size}  # the global batch: any rank count
+                 "optimizer": self.optimizer.state_dict(),  # the global batch's rays: any rank count resumes
+                 "rays_per_batch": self.rays_per_batch * self.dist.world_size}
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
         if self.ema is not None:

@@ -67,11 +67,20 @@ def rank_device(device: torch.device, dist: Dist) -> torch.device:
     return device
 
 
+def _alone(dist: Dist) -> bool:
+    """One process, or a `Dist` without a process group (a test of what one rank does by itself)."""
+    return dist.world_size == 1 or not torch.distributed.is_initialized()
+
+
 def from_main(value: Any, dist: Dist) -> Any:
     """The main rank's `value` (any picklable object) on every rank: decisions that must not differ, such as
     a run name made from the clock or the host-measured time of a step."""
-    if dist.world_size == 1:
+    if _alone(dist):
         return value
+    if isinstance(value, float):  # a step's time, every step: one small collective, no pickling
+        number = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.broadcast(number, src=0)
+        return float(number)
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0, device=torch.device("cpu"))
     return box[0]
@@ -79,13 +88,13 @@ def from_main(value: Any, dist: Dist) -> Any:
 
 def barrier(dist: Dist) -> None:
     """Wait until every rank gets here (a host-side all-reduce over gloo: no GPU work is waited for)."""
-    if dist.world_size > 1:
+    if not _alone(dist):
         torch.distributed.all_reduce(torch.zeros(1))
 
 
 def resumed_seed(base: int, dist: Dist, step: int) -> int:
     """The seed of a rank whose random state the checkpoint does not hold (checkpoints keep the main rank's):
-    new to this rank and step, so resumed ranks draw neither the main rank's batches nor their own first ones."""
+    new to this rank and step: resumed ranks draw neither the main rank's batches nor their own first ones."""
     return dist.seed(base) + 1_000_003 * (step + 1)
 
 
@@ -95,7 +104,13 @@ def launch(n: int, argv: list[str]) -> int:
     them."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "ngraphics.cli", *argv]
-    return subprocess.call(command)
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # the processes got the Ctrl-C too: wait while the main rank saves
+            continue
 
 
-__all__ = ["barrier", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed", "start", "stop"]
+__all__ = ["barrier", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed", "start",
+           "stop"]

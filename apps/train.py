@@ -51,24 +51,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ngraphics.devices import pick_device
     from ngraphics.errors import ConfigError
+    from ngraphics.methods import METHODS, method_class
     from ngraphics.training import distributed
 
     world = distributed.launched_world_size()
     if args.gpus is not None and args.gpus < 1:
         raise ConfigError(f"--gpus: expected a positive number of processes, got {args.gpus}")
-    if args.gpus is not None and args.gpus > 1 and world == 1:  # start the processes; each runs this verb
-        return distributed.launch(args.gpus, getattr(args, "argv", sys.argv[1:]))
     if args.gpus is not None and world > 1 and args.gpus != world:
         raise ConfigError(f"--gpus {args.gpus} under torchrun with {world} processes; drop --gpus or match")
-    return _train(args)
+    config, path, run_folder = _resolve_config(args)  # a mistake fails here, before processes start
+    processes = world if args.gpus is None else args.gpus
+    if processes > 1 and not method_class(config.method).data_parallel:
+        able = ", ".join(name for name, cls in METHODS.items() if cls.data_parallel)
+        raise ConfigError(f"--gpus {processes}: method {config.method!r} trains on one process so far "
+                          f"(several: {able})")
+    if processes > 1 and world == 1:  # start the processes; each runs this verb again
+        return distributed.launch(processes, getattr(args, "argv", sys.argv[1:]))
+    dist = distributed.start(pick_device(config.trainer.device, "trainer.device"))
+    try:
+        return _train_as(args, config, path, run_folder, dist)
+    finally:
+        distributed.stop(dist)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _resolve_config(args: argparse.Namespace):
+    """The run config from CONFIG (or --method, or --resume's run folder), --set and --data.
+    Returns (config, its file, the run folder when resuming else None)."""
     from ngraphics.config import apply_overrides, load_mapping
-    from ngraphics.devices import pick_device
     from ngraphics.errors import ConfigError
-    from ngraphics.training import distributed
     from ngraphics.training.run_config import find_config, parse_run_config
     from ngraphics.training.run_folder import resolve_run
 
@@ -80,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.config:
             raise ConfigError(f"--method {args.method} picks configs/{args.method}/default.yaml; drop CONFIG or --method")
         args.config = f"{args.method}/default"
+    run_folder = None
     if args.resume:
         if args.config:
             raise ConfigError("--resume takes the config from the run folder; drop CONFIG (use --set to change keys)")
@@ -92,20 +105,15 @@ def _train(args: argparse.Namespace) -> int:
     mapping = apply_overrides(mapping, overrides)
     if args.data:
         mapping.setdefault("data", {})["path"] = args.data
-    config = parse_run_config(mapping, f"{path} with --set" if overrides else str(path))
-    dist = distributed.start(pick_device(config.trainer.device, "trainer.device"))
-    try:
-        return _train_as(args, config, path, run_folder if args.resume else None, dist)
-    finally:
-        distributed.stop(dist)
+    return parse_run_config(mapping, f"{path} with --set" if overrides else str(path)), path, run_folder
 
 
 def _train_as(args: argparse.Namespace, config, path: Path, run_folder, dist) -> int:
     """Train `config` as this process (`dist`: one rank of a multi-process run, or the only process)."""
     from ngraphics.errors import ConfigError
     from ngraphics.training import distributed
-    from ngraphics.training.run_folder import RunFolder
     from ngraphics.training.run_config import default_run_name
+    from ngraphics.training.run_folder import RunFolder
     from ngraphics.training.trainer import Trainer
 
     if args.resume:

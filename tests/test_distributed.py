@@ -16,6 +16,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing
 
@@ -214,9 +215,27 @@ def test_train_gpus_two_starts_torchrun(tmp_path, capsys):
     assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 8
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_train_gpus_two_on_two_gpus_with_nccl(tmp_path):
+    """The CUDA path: NCCL for the gradients beside gloo for the host's numbers, a GPU per process, then the
+    checkpoint resumes on one GPU."""
+    args = ["train", "--gpus", "2", "--runs-dir", str(tmp_path), "--name", "two", "--quiet"]
+    for item in [*TINY, "trainer.device=cuda"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    run = RunFolder(tmp_path / "two")
+    assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 6
+    assert main(["train", "--resume", str(run.path), "--set", "trainer.steps=8", "--quiet"]) == 0
+    assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 8
+
+
 def test_gpus_must_be_positive_and_match_torchrun(monkeypatch, capsys):
     assert main(["train", "--gpus", "0"]) == 2
     assert "--gpus: expected a positive number of processes, got 0" in capsys.readouterr().err
+    assert main(["train", "--method", "splat", "--gpus", "2"]) == 2
+    message = "--gpus 2: method 'splat' trains on one process so far (several: nerf, neus)"
+    assert message in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert main(["train", "--gpus", "2"]) == 2
     assert "--gpus 2 under torchrun with 3 processes" in capsys.readouterr().err

@@ -164,6 +164,8 @@ class Method(ABC):
             `validate(where)`; the config loader builds it (unknown keys fail with the nearest name).
         exports: kinds `export(kind, path)` writes (e.g. ("mesh",), ("ply", "splat")); () = none.
         profile_categories: {category: (kernel-name substring, ...)} for the trainer's step profile.
+        data_parallel: trains on several processes (`ngraphics train --gpus N`): each rank learns from its
+            share of the batch and the method averages gradients through `Dist`, so that ranks stay equal.
 
     Construction: `cls(config, scene, device, dist)`; scene is the training split (it fixes the scene box,
     seed points, near plane), dist the process's place in a multi-process run.
@@ -172,6 +174,7 @@ class Method(ABC):
     Config: ClassVar[type]
     exports: ClassVar[tuple[str, ...]] = ()
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {}
+    data_parallel: ClassVar[bool] = False
 
     @abstractmethod
     def __init__(self, config: Any, scene: SceneData, device: torch.device, dist: Dist = SINGLE_PROCESS): ...

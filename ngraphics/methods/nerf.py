@@ -137,6 +137,7 @@ class NeRF(Method):
     """
 
     Config = NeRFConfig
+    data_parallel = True  # ranks average gradients through `Dist` (see `dist` above)
     # kernel-name substrings per step component, for the trainer's profile (trainer.profile_at)
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
                           "marching": ("_march_", "_early_stop_"), "compositing": ("_composite_",)}

@@ -177,6 +177,7 @@ class Neus(Method):
     """
 
     Config = NeusConfig
+    data_parallel = True  # ranks average gradients through `Dist` (see `dist` above)
     exports: ClassVar[tuple[str, ...]] = ("mesh",)
     # kernel-name substrings per step component, for the trainer's profile (first match wins: the double
     # backward of the grid, which the eikonal loss and the gradient-dependent opacities need, is its own row)

@@ -89,7 +89,6 @@ class Trainer:
                                   f"--set trainer.steps={2 * self.step}")
             if dist.is_main:  # records after the checkpoint are redone: no step appears twice
                 run.drop_records_after(self.step)
-            if dist.is_main:
                 print(f"resumed {found[0]} at step {self.step}", file=sys.stderr)
         if dist.is_main:
             run.create(config.to_dict())  # on resume too: --set overrides (e.g. more steps) are part of the run

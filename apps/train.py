@@ -67,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         able = ", ".join(name for name, cls in METHODS.items() if cls.data_parallel)
         raise ConfigError(f"--gpus {processes}: method {config.method!r} trains on one process so far "
                           f"(several: {able})")
+    device = pick_device(config.trainer.device, "trainer.device")
     if processes > 1 and world == 1:  # start the processes; each runs this verb again
+        distributed.check_gpus(processes, device)
         return distributed.launch(processes, getattr(args, "argv", sys.argv[1:]))
-    dist = distributed.start(pick_device(config.trainer.device, "trainer.device"))
+    dist = distributed.start(device)
     try:
         return _train_as(args, config, path, run_folder, dist)
     finally:

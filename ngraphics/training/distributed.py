@@ -44,13 +44,18 @@ def start(device: torch.device) -> Dist:
     if not torch.distributed.is_initialized():
         backend = "gloo"
         if device.type == "cuda":
-            if local >= torch.cuda.device_count():
-                raise ConfigError(f"--gpus: process {local} on this host has no GPU "
-                                  f"({torch.cuda.device_count()} visible); use at most that many")
+            check_gpus(local + 1, device)
             torch.cuda.set_device(local)
             backend = "cpu:gloo,cuda:nccl"
         torch.distributed.init_process_group(backend, rank=rank, world_size=world)
     return Dist(rank, world)
+
+
+def check_gpus(n: int, device: torch.device) -> None:
+    """ConfigError unless n processes on this host each have a GPU of their own (when the run is on CUDA)."""
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise ConfigError(f"--gpus {n}: this host has {torch.cuda.device_count()} CUDA devices; use at most "
+                          "that many (or trainer.device=cpu for gloo processes)")
 
 
 def stop(dist: Dist) -> None:
@@ -112,5 +117,5 @@ def launch(n: int, argv: list[str]) -> int:
             continue
 
 
-__all__ = ["barrier", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed", "start",
-           "stop"]
+__all__ = ["barrier", "check_gpus", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed",
+           "start", "stop"]

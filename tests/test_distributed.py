@@ -145,6 +145,8 @@ def _weights(method: NeRF) -> dict:
 
 
 def _train(dist: Dist, folder: Path, out: Path) -> None:
+    assert distributed.total(dist.rank + 1.5, dist) == 1.5 + 2.5  # the host-side sum the logged rate uses
+    assert distributed.from_main(f"name {dist.rank}", dist) == "name 0"
     run = RunFolder(folder if dist.is_main else folder.with_name(f"{folder.name}-rank{dist.rank}"))
     trainer = Trainer(_config(), run, dist=dist)
     result = trainer.train()
@@ -168,6 +170,8 @@ def test_a_two_rank_run_saves_once_and_resumes_on_one_and_three_processes(tmp_pa
     # only rank 0 wrote: rank 1 was given a folder of its own, which must not exist
     assert not (tmp_path / "run-rank1").exists()
     assert (folder / "config.yaml").is_file() and (folder / "metrics.jsonl").is_file()
+    rates = [r["rays_per_s"] for r in RunFolder(folder).read_metrics() if r["split"] == "train"]
+    assert len(rates) == 3 and min(rates) > 0
     ranks = [torch.load(tmp_path / f"trained{r}.pt") for r in range(2)]
     trained = ranks[0]["weights"]
     for key, value in trained.items():  # the ranks stayed equal: weights and occupancy grid

@@ -91,6 +91,15 @@ def from_main(value: Any, dist: Dist) -> Any:
     return box[0]
 
 
+def total(value: float, dist: Dist) -> float:
+    """`value` summed over the ranks (a host number: rays trained since the last log, for the run's rate)."""
+    if _alone(dist):
+        return value
+    number = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.all_reduce(number)
+    return float(number)
+
+
 def barrier(dist: Dist) -> None:
     """Wait until every rank gets here (a host-side all-reduce over gloo: no GPU work is waited for)."""
     if not _alone(dist):
@@ -118,4 +127,4 @@ def launch(n: int, argv: list[str]) -> int:
 
 
 __all__ = ["barrier", "check_gpus", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed",
-           "start", "stop"]
+           "start", "stop", "total"]

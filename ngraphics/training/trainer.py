@@ -220,6 +220,8 @@ class Trainer:
                 log_count += self.sampler.count(batch)
                 for hook in self.hooks:  # after the clock: a viewer's rendering is not training time
                     hook(self, self.step, losses)
+                if log_now:  # the run's throughput: the units of every rank
+                    log_count = distributed.total(log_count, self.dist)
                 if log_now and main:
                     self._log_train(last, unit, log_count / max(log_time, 1e-9))
                     bar.set_postfix_str(_postfix(last, log_count, log_time, unit))

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,6 +221,29 @@ def test_train_gpus_two_starts_torchrun(tmp_path, capsys):
     assert [r["step"] for r in run.read_metrics() if r["split"] == "train"] == [2, 4, 6]
     assert main(["train", "--resume", str(run.path), "--set", "trainer.steps=8", "--quiet"]) == 0  # on one
     assert run.checkpoints.latest(map_location="cpu")[1]["step"] == 8
+
+
+def test_ctrl_c_on_train_gpus_two_saves_a_checkpoint(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the foreground group: the launcher waits, the main rank
+    saves a checkpoint, and `ngraphics train` exits with 130 as on one process."""
+    args = [sys.executable, "-m", "ngraphics.cli", "train", "--gpus", "2", "--runs-dir", str(tmp_path),
+            "--name", "c", "--quiet"]
+    for item in [*TINY, "trainer.steps=100000", "trainer.save_every=0"]:
+        args += ["--set", item]
+    process = subprocess.Popen(args, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "c" / "metrics.jsonl"
+
+    def records() -> int:
+        return metrics.read_text().count("\n") if metrics.exists() else 0
+
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline and records() < 2:  # training: steps logged
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err
+    assert RunFolder(tmp_path / "c").checkpoints.latest(map_location="cpu")[1]["step"] >= 2
 
 
 @pytest.mark.gpu

@@ -114,16 +114,17 @@ def resumed_seed(base: int, dist: Dist, step: int) -> int:
 
 def launch(n: int, argv: list[str]) -> int:
     """Run `ngraphics <argv>` as n processes under torchrun on this host (a standalone rendezvous on a free
-    port); returns its exit status. The processes find WORLD_SIZE = n in their environment and `start` joins
-    them."""
+    port); returns its exit status (130 after a Ctrl-C, which torchrun passes on to the processes: the main
+    rank saves a checkpoint). The processes find WORLD_SIZE = n in their environment and `start` joins them."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "ngraphics.cli", *argv]
-    process = subprocess.Popen(command)
+    process, interrupted = subprocess.Popen(command), False
     while True:
         try:
-            return process.wait()
-        except KeyboardInterrupt:  # the processes got the Ctrl-C too: wait while the main rank saves
-            continue
+            status = process.wait()
+            return 130 if interrupted else status  # torchrun itself exits 1 on a Ctrl-C
+        except KeyboardInterrupt:  # torchrun passes the Ctrl-C on: wait while the main rank saves
+            interrupted = True
 
 
 __all__ = ["barrier", "check_gpus", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed",

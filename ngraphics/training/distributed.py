@@ -115,7 +115,7 @@ def resumed_seed(base: int, dist: Dist, step: int) -> int:
 def launch(n: int, argv: list[str]) -> int:
     """Run `ngraphics <argv>` as n processes under torchrun on this host (a standalone rendezvous on a free
     port); returns its exit status (130 after a Ctrl-C, which torchrun passes on to the processes: the main
-    rank saves a checkpoint). The processes find WORLD_SIZE = n in their environment and `start` joins them."""
+    rank saves a checkpoint). The processes find WORLD_SIZE = n in their environment; `start` joins them."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                "-m", "ngraphics.cli", *argv]
     process, interrupted = subprocess.Popen(command), False

@@ -127,5 +127,5 @@ def launch(n: int, argv: list[str]) -> int:
             interrupted = True
 
 
-__all__ = ["barrier", "check_gpus", "from_main", "launch", "launched_world_size", "rank_device", "resumed_seed",
-           "start", "stop", "total"]
+__all__ = ["barrier", "check_gpus", "from_main", "launch", "launched_world_size", "rank_device",
+           "resumed_seed", "start", "stop", "total"]

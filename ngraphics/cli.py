@@ -50,6 +50,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for verbs that start copies of themselves
     if args.verb is None:
         parser.print_help()
         return 2

@@ -21,11 +21,13 @@ batch is, how a step learns, how an image is made). The trainer never asks what 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+import torch.distributed
 
 from ngraphics.cameras import Cameras
 from ngraphics.data.scene import SceneData
@@ -42,6 +44,9 @@ class Dist:
     rank: this process, 0 .. world_size - 1.
     world_size: processes training together (1: a single process, the default).
     Seeds are offset by rank (`seed`); only the main rank logs, evaluates, saves and serves the viewer.
+    Each rank learns from its share of the global batch; methods average gradients through
+    `average_gradients` (and copy randomly drawn shared state with `broadcast_from_main`) so that every
+    rank takes the same optimizer step. `ngraphics.training.distributed` starts the process group.
     """
 
     rank: int = 0
@@ -58,6 +63,53 @@ class Dist:
     def seed(self, base: int) -> int:
         """The random seed of this rank for a run seeded with `base` (ranks draw different batches)."""
         return base + self.rank
+
+    # Methods reach torch.distributed only through the helpers below (its default process group, set up by
+    # `ngraphics.training.distributed`); with one process they do nothing.
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks (a new tensor; `tensor` itself with one process). For a loss's
+        global normaliser: the count of rays or samples in the whole batch. No host sync on CUDA."""
+        if self.world_size == 1:
+            return tensor
+        total = tensor.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    @torch.no_grad()
+    def average_gradients(self, parameters: Iterable[torch.Tensor],
+                          weight: float | torch.Tensor = 1.0) -> None:
+        """Replace each parameter's gradient by the average over the ranks, weighted by each rank's `weight`:
+        g = sum_r w_r g_r / sum_r w_r, in place, as one all-reduce of one float32 buffer.
+
+        parameters: the tensors the optimizer steps; a missing gradient (`None`, a rank whose batch never
+            touched the tensor) counts as zeros and becomes the average. Dense tensors of any float dtype.
+        weight: this rank's share, e.g. its count of rays in the loss when the loss is a mean over its own
+            rays: the result is then the gradient of the mean over the global batch. A float or a 0-dim
+            tensor (on the device: no host sync). Default 1: the plain mean.
+        Hash-grid tables are averaged whole, so an entry that any rank touched gets its (nonzero) gradient
+        on every rank and an untouched one stays exactly 0 (sparse updates, tcnn's Adam, stay correct)."""
+        if self.world_size == 1:
+            return
+        params = [p for p in parameters if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        device = params[0].grad.device
+        w = torch.as_tensor(weight, dtype=torch.float32, device=device).reshape(1)
+        flat = self.sum_over_ranks(torch.cat([p.grad.reshape(-1).float() * w for p in params] + [w]))
+        flat = flat[:-1] / flat[-1:].clamp_min(torch.finfo(torch.float32).tiny)
+        for p, part in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(part.view_as(p.grad))
+
+    @torch.no_grad()
+    def broadcast_from_main(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Overwrite `tensors` in place with the main rank's values: state every rank must hold alike but
+        draws at random, e.g. an occupancy grid refreshed at random points. bool tensors travel as uint8."""
+        if self.world_size == 1:
+            return
+        for t in tensors:
+            torch.distributed.broadcast(t.view(torch.uint8) if t.dtype == torch.bool else t, src=0)
 
 
 SINGLE_PROCESS = Dist()
@@ -112,6 +164,8 @@ class Method(ABC):
             `validate(where)`; the config loader builds it (unknown keys fail with the nearest name).
         exports: kinds `export(kind, path)` writes (e.g. ("mesh",), ("ply", "splat")); () = none.
         profile_categories: {category: (kernel-name substring, ...)} for the trainer's step profile.
+        data_parallel: trains on several processes (`ngraphics train --gpus N`): each rank learns from its
+            share of the batch and the method averages gradients through `Dist`, so that ranks stay equal.
 
     Construction: `cls(config, scene, device, dist)`; scene is the training split (it fixes the scene box,
     seed points, near plane), dist the process's place in a multi-process run.
@@ -120,6 +174,7 @@ class Method(ABC):
     Config: ClassVar[type]
     exports: ClassVar[tuple[str, ...]] = ()
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {}
+    data_parallel: ClassVar[bool] = False
 
     @abstractmethod
     def __init__(self, config: Any, scene: SceneData, device: torch.device, dist: Dist = SINGLE_PROCESS): ...

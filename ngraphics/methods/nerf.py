@@ -127,12 +127,17 @@ class NeRF(Method):
         config: NeRFConfig.
         scene: the training split (sets the box, aabb_scale, near plane).
         device: where parameters live.
-        dist: the process's rank (NeRF trains on one process; the value is kept for the trainer's protocol).
+        dist: the process's place among the run's processes. With N processes each rank marches its share of
+            the global batch (target_samples / N samples; initial_rays, min_rays, max_rays / N rays) and the
+            gradients are averaged over the ranks before Adam, weighted by each rank's rays in the loss, so a
+            step equals one process's step on the whole batch; the occupancy grid is the main rank's (it is
+            refreshed at random points). The step is not a CUDA graph then.
     Training batches are rays (`ngraphics.data.batches.RaySampler`) whose count the method adapts so that a
     step holds about `target_samples` samples.
     """
 
     Config = NeRFConfig
+    data_parallel = True  # ranks average gradients through `Dist` (see `dist` above)
     # kernel-name substrings per step component, for the trainer's profile (trainer.profile_at)
     profile_categories: ClassVar[dict[str, tuple[str, ...]]] = {"encoding": ("_grid_",), "mlp": ("_mlp_", "gemm", "sm90_xmma", "cutlass"),
                           "marching": ("_march_", "_early_stop_"), "compositing": ("_composite_",)}
@@ -162,7 +167,10 @@ class NeRF(Method):
         self.max_step = self.grid.cell_size(levels - 1) * math.sqrt(3.0)
         self.near = scene.near if config.near < 0 else config.near
         self.far = 1e10 if config.far < 0 else config.far
-        self.rays_per_batch = round_rays(config.initial_rays)
+        share = dist.world_size  # each rank's part of the global batch
+        self.target_samples = max(1, config.target_samples // share)
+        self.min_rays, self.max_rays = max(1, config.min_rays // share), max(1, config.max_rays // share)
+        self.rays_per_batch = round_rays(config.initial_rays / share)
         self.batches: RaySampler | None = None  # set by `sampler`; its batch size follows rays_per_batch
         self.candidates_per_ray = float(steps_to_cover(float(self.near), self.grid.outer_diagonal, self.step_size,
                                                        self.cone_angle, self.max_step))  # until measured
@@ -175,7 +183,9 @@ class NeRF(Method):
         fp16 = cuda and config.field.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=500) if fp16 else None
         self.ema = ParameterEMA(self.field, config.weight_ema) if config.weight_ema > 0 else None
-        self.step_graph = GraphedStep(self._optimise, enabled=cuda and config.cuda_graphs)
+        # a multi-process step all-reduces the gradients on the host's schedule: not recorded as a graph
+        graphs = cuda and config.cuda_graphs and dist.world_size == 1
+        self.step_graph = GraphedStep(self._optimise, enabled=graphs)
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -260,6 +270,7 @@ class NeRF(Method):
         if step % c.occupancy.update_every == 0:
             self.grid.update(step, self.occupancy_fn, ema_decay=c.occupancy.ema_decay,
                              threshold=c.occupancy.threshold, warmup_steps=c.occupancy.warmup_steps)
+            self.dist.broadcast_from_main([self.grid.occs, self.grid.binary])
         lr = self.lr_at(step, float(batch["progress"]))
         for group in self.optimizer.param_groups:
             if isinstance(group["lr"], torch.Tensor):
@@ -281,11 +292,12 @@ class NeRF(Method):
         shape: (rays, candidate buffer); inputs: origins, directions, rgb, background (R, 3) each."""
         c = self.config
         origins, directions, target = inputs["origins"], inputs["directions"], inputs["rgb"]
-        samples = self.march(self.field, origins, directions, jitter=c.jitter, capacity=c.target_samples,
+        samples = self.march(self.field, origins, directions, jitter=c.jitter, capacity=self.target_samples,
                              candidate_capacity=shape[1])
         out = self.shade(self.field, origins, directions, samples, inputs["background"])
         valid = samples.ray_valid().float()  # rays cut from the fixed buffer are left out of the loss
         n_valid = valid.sum().clamp_min(1.0)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if c.loss == "huber":
             per_ray = F.smooth_l1_loss(out["rgb"], target, reduction="none").mean(-1)
         else:
@@ -294,10 +306,12 @@ class NeRF(Method):
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.dist.average_gradients(params, valid.sum())  # every rank sees the same (scaled) gradients
             self.scaler.step(self.optimizer)  # skips the step if a gradient overflowed, then lowers the scale
             self.scaler.update()
         else:
             loss.backward()
+            self.dist.average_gradients(params, valid.sum())  # the gradient of the loss over the global batch
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
@@ -320,7 +334,6 @@ class NeRF(Method):
         """Size the next batch from the newest counts the GPU has handed back (a step or two old; never
         waits): rays for about target_samples samples after early stop, a candidate buffer 1.1-1.6x the
         measured candidates. Both change only when they leave those margins, so shapes (and graphs) stay."""
-        c = self.config
         latest = self.readout.poll()
         if latest is None:
             return
@@ -328,7 +341,8 @@ class NeRF(Method):
         if n_valid < 1:
             return
         self.candidates_per_ray = max(n_candidates / n_valid, 1.0)
-        ideal = round_rays(min(max(c.target_samples / max(n_samples / n_valid, 1e-3), c.min_rays), c.max_rays))
+        per_ray = max(n_samples / n_valid, 1e-3)
+        ideal = round_rays(min(max(self.target_samples / per_ray, self.min_rays), self.max_rays))
         if abs(ideal - self.rays_per_batch) > 0.1 * self.rays_per_batch:
             self.set_rays_per_batch(ideal)
         R = self.rays_per_batch
@@ -375,7 +389,8 @@ class NeRF(Method):
 
     def state_dict(self) -> dict:
         state = {"field": self.field.state_dict(), "grid": self.grid.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rays_per_batch": self.rays_per_batch}
+                 "optimizer": self.optimizer.state_dict(),  # the global batch's rays: any rank count resumes
+                 "rays_per_batch": self.rays_per_batch * self.dist.world_size}
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
         if self.ema is not None:
@@ -389,7 +404,7 @@ class NeRF(Method):
         for group in self.optimizer.param_groups:  # as `lr_holder` keeps it, whatever the checkpoint's device
             group["lr"] = self.lr_holder(float(group["lr"]))
         self.step_graph.reset()  # the loaded state lives in new tensors
-        self.set_rays_per_batch(round_rays(int(state["rays_per_batch"])))
+        self.set_rays_per_batch(round_rays(int(state["rays_per_batch"]) / self.dist.world_size))
         self.candidates = self.candidate_buffer(self.rays_per_batch)
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])

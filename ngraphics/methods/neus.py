@@ -170,10 +170,14 @@ class Neus(Method):
 
     Args:
         config: NeusConfig; scene: the training split (its box bounds the samples and the grid; DTU's
-        `meta["scale_mat"]` maps meshes back to world units); device; dist (single process).
+        `meta["scale_mat"]` maps meshes back to world units); device; dist: the process's place among the
+        run's processes. With N processes each rank takes rays_per_batch / N rays, the losses are means over
+        the global batch (`Dist.sum_over_ranks` of the counts), the gradients are averaged over the ranks
+        before Adam, and the occupancy grid is the main rank's.
     """
 
     Config = NeusConfig
+    data_parallel = True  # ranks average gradients through `Dist` (see `dist` above)
     exports: ClassVar[tuple[str, ...]] = ("mesh",)
     # kernel-name substrings per step component, for the trainer's profile (first match wins: the double
     # backward of the grid, which the eikonal loss and the gradient-dependent opacities need, is its own row)
@@ -217,6 +221,8 @@ class Neus(Method):
         # for a benchmark's per-phase timers (ngraphics/methods/bench_neus.py); None in training
         self.phase_hook: Callable[[str], None] | None = None
         self.readout = LaggedReadout()  # (samples, rays that fit) of recent grid steps, for the batch size
+        # with N processes each rank takes 1/N of the batch and the gradients are averaged over the ranks
+        self.rays_per_batch = max(1, config.rays_per_batch // dist.world_size)
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -224,7 +230,7 @@ class Neus(Method):
         return torch.exp(10.0 * variance).clamp(1e-6, 1e6)
 
     def sampler(self, scene: SceneData, device: torch.device) -> RaySampler:
-        self.batches = RaySampler(scene, device, self.config.rays_per_batch)
+        self.batches = RaySampler(scene, device, self.rays_per_batch)
         return self.batches
 
     def schedule(self, step: int, progress: float) -> float:
@@ -251,6 +257,7 @@ class Neus(Method):
         """Derive the occupancy grid from the SDF now (band = occupancy.band / inv_s; one host sync)."""
         band = self.config.occupancy.band / float(self.inv_s(variance.detach()))
         self.grid.update_from_sdf(field.sdf, band)
+        self.dist.broadcast_from_main([self.grid.occs, self.grid.binary])  # one grid on every rank
         self.grid_ready = True
 
     def sample_rays(self, field: SDFField, origins: torch.Tensor, directions: torch.Tensor, jitter: bool,
@@ -358,7 +365,7 @@ class Neus(Method):
         if grid and (step - c.occupancy.warmup_steps) % c.occupancy.update_every == 0:
             self.update_grid(self.field, self.variance)
         origins, directions, target = batch["origins"], batch["directions"], batch["rgb"]
-        capacity = c.rays_per_batch * c.occupancy.samples_per_ray
+        capacity = self.rays_per_batch * c.occupancy.samples_per_ray
         samples, live = self.sample_rays(self.field, origins, directions, jitter=True,
                                          capacity=capacity if grid else None)
         if grid and self.grid_ready:
@@ -368,11 +375,14 @@ class Neus(Method):
         out = self.shade(self.field, self.variance, origins, directions, samples, live, batch["background"],
                          training=True, background_field=self.background_field)
         fits = samples.ray_valid().float()  # rays whose sections all fit the buffers (all without the grid)
-        n_fit = fits.sum().clamp_min(1.0)
-        color_loss = ((out["rgb"] - target).abs().mean(-1) * fits).sum() / n_fit
         grad_norm = out["gradient"].norm(dim=-1)
         w = out["live"].float()
-        eikonal = ((grad_norm - 1.0).square() * w).sum() / w.sum().clamp_min(1.0)
+        # means over the global batch: each rank's sums over the counts of all ranks, x ranks because the
+        # gradients are then averaged (with one process: the counts of this batch, x 1)
+        counts = self.dist.sum_over_ranks(torch.stack([fits.sum(), w.sum()])).clamp_min(1.0)
+        n_fit, n_live = counts[0] / self.dist.world_size, counts[1] / self.dist.world_size
+        color_loss = ((out["rgb"] - target).abs().mean(-1) * fits).sum() / n_fit
+        eikonal = ((grad_norm - 1.0).square() * w).sum() / n_live
         loss = color_loss + c.eikonal_weight * eikonal
         mask = batch.get("alpha", batch.get("mask"))
         stats = {}
@@ -388,6 +398,7 @@ class Neus(Method):
         self._phase("forward")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         self._phase("backward")
         self.optimizer.step()
         self._phase("optimizer")
@@ -404,8 +415,7 @@ class Neus(Method):
         if self.batches is None or counts is None or counts[1] < 1:
             return
         per_ray = max(counts[0] / counts[1], 1.0)
-        c = self.config
-        ideal = min(max(capacity / per_ray, c.rays_per_batch / 8, 16), 4 * c.rays_per_batch)
+        ideal = min(max(capacity / per_ray, self.rays_per_batch / 8, 16), 4 * self.rays_per_batch)
         if abs(ideal - self.batches.batch_size) > 0.1 * self.batches.batch_size:
             self.batches.batch_size = max(16, int(ideal) // 16 * 16)
 

@@ -33,6 +33,7 @@ from ngraphics.networks.finite_checks import check_finite_boundaries
 from ngraphics.errors import ConfigError
 from ngraphics.methods import method_class
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
+from ngraphics.training import distributed
 from ngraphics.training.checkpoint import load_method_state
 from ngraphics.training.evaluation import evaluate_method
 from ngraphics.training.progress import progress_bar, rate_text, round_record
@@ -58,13 +59,17 @@ class Trainer:
                  dist: Dist = SINGLE_PROCESS):
         config = anchor_data_path(config, run.path)  # data.path absolute, and relative to the run folder
         self.config, self.run, self.hooks, self.dist = config, run, list(hooks), dist
-        self.device = pick_device(config.trainer.device, "trainer.device")
+        self.device = distributed.rank_device(pick_device(config.trainer.device, "trainer.device"), dist)
         self.lock = threading.Lock()
         torch.manual_seed(dist.seed(config.trainer.seed))
         self.train_scene = load_split(config.data, config.data.train_split)
         # every split the run needs is loaded before the first step: a bad test split fails now, not at the end
         self.eval_scene: SceneData | None = load_split(config.data, config.data.eval_split) if dist.is_main else None
+        if dist.world_size > 1:
+            torch.manual_seed(config.trainer.seed)  # every rank builds the same initial weights ...
         self.method: Method = method_class(config.method)(config.model, self.train_scene, self.device, dist)
+        if dist.world_size > 1:
+            torch.manual_seed(dist.seed(config.trainer.seed))  # ... and draws batches of its own
         self.sampler = self.method.sampler(self.train_scene, self.device)
         if config.trainer.check_finite:
             check_finite_boundaries(self.method)
@@ -84,7 +89,7 @@ class Trainer:
                                   f"--set trainer.steps={2 * self.step}")
             if dist.is_main:  # records after the checkpoint are redone: no step appears twice
                 run.drop_records_after(self.step)
-            print(f"resumed {found[0]} at step {self.step}", file=sys.stderr)
+                print(f"resumed {found[0]} at step {self.step}", file=sys.stderr)
         if dist.is_main:
             run.create(config.to_dict())  # on resume too: --set overrides (e.g. more steps) are part of the run
 
@@ -106,10 +111,13 @@ class Trainer:
         if state.get("method_name") != self.config.method:
             raise ConfigError(f"{path}: holds method {state.get('method_name')!r}, config says {self.config.method!r}")
         load_method_state(self.method, state, path, to_dict(self.config.model))
-        self.sampler.load_state_dict(state.get("sampler", {}))
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self._saved_at = self.elapsed
         self._evaluated_times = {s for s in self.config.trainer.eval_times if s <= self.elapsed}
+        if not self.dist.is_main:  # the checkpoint holds the main rank's random and sampler state only
+            torch.manual_seed(distributed.resumed_seed(self.config.trainer.seed, self.dist, self.step))
+            return
+        self.sampler.load_state_dict(state.get("sampler", {}))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
@@ -204,11 +212,16 @@ class Trainer:
                     # before the clock decides anything (an evaluation time, the time budget)
                     self._sync()
                     dt = time.perf_counter() - start
+                # one training clock for all ranks (the main rank's): time budgets, evaluation times and
+                # timed saves decide alike everywhere, so no rank stops or waits alone
+                dt = distributed.from_main(dt, self.dist)
                 self.elapsed += dt
                 log_time += dt
                 log_count += self.sampler.count(batch)
                 for hook in self.hooks:  # after the clock: a viewer's rendering is not training time
                     hook(self, self.step, losses)
+                if log_now:  # the run's throughput: the units of every rank
+                    log_count = distributed.total(log_count, self.dist)
                 if log_now and main:
                     self._log_train(last, unit, log_count / max(log_time, 1e-9))
                     bar.set_postfix_str(_postfix(last, log_count, log_time, unit))

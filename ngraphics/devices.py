@@ -23,3 +23,17 @@ def pick_device(name: str | None = "auto", where: str = "device") -> torch.devic
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"{where}: {name!r}: ngraphics runs on cpu or cuda")
     return device
+
+
+def peak_gpu_gb(device: torch.device) -> float | None:
+    """The most GPU memory torch has allocated on `device` so far, GiB; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def peak_rss_gb() -> float:
+    """The process's peak resident set size so far, GiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)

@@ -41,6 +41,7 @@ import torch
 
 from ngraphics.data import load_dataset
 from ngraphics.data.mesh_scene import rasterize
+from ngraphics.devices import peak_gpu_gb
 from ngraphics.errors import DataError, NgraphicsError
 from ngraphics.io.atomic import atomic_write_bytes, atomic_write_text
 from ngraphics.io.images import write_image
@@ -115,10 +116,6 @@ def train(method: Neus, scene, device: torch.device, budget_s: float, max_steps:
     if on_mark is not None and marked != step:  # the end of the run is the last mark
         on_mark(step, seconds)
     return step, seconds, {k: round(float(v), 5) for k, v in stats.items()} if step else {}
-
-
-def peak_memory_gb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def reset_peak(device: torch.device) -> None:
@@ -209,7 +206,7 @@ class Bench:
                                       config.trainer.steps, config.trainer.eval_times, on_mark)
         goal = next((r for r in curve if r.get("chamfer_l1_rel_diagonal", 1) <= 0.003), None)
         self.results["armadillo"].update(steps=steps, train_s=round(seconds, 2), steps_per_s=round(steps / seconds, 2),
-                                         peak_memory_gb=peak_memory_gb(self.device),
+                                         peak_memory_gb=peak_gpu_gb(self.device),
                                          goal_0_3_percent_at_s=goal and goal["train_s"], last_step=stats)
         mesh = method.mesh(resolution, colors=False, world=False)
         mesh_pictures(mesh, _views(scene, 3, 512 if not a.quick else 32).to(self.device), self.out / "armadillo_mesh.png")
@@ -238,7 +235,7 @@ class Bench:
         method = Neus(config.model, scene, self.device)
         budget = a.dtu_budget if not a.quick else 3.0
         steps, seconds, stats = train(method, scene, self.device, budget, 10**9 if not a.quick else 12)
-        train_peak = peak_memory_gb(self.device)
+        train_peak = peak_gpu_gb(self.device)
         self.dtu_method, self.dtu_scene = method, scene
         t0 = time.perf_counter()
         bg = torch.tensor([0.0, 0.0, 0.0] if config.data.eval_background == "black" else [1.0, 1.0, 1.0])
@@ -348,7 +345,7 @@ class Bench:
             phases[name] = phases.get(name, 0.0) + ms / n
         total = sum(phases.values())
         row = {"steps_per_s": round(n / seconds, 2), "rays_per_s": round(n * sampler.batch_size / seconds),
-               "step_ms": round(1e3 * seconds / n, 3), "peak_memory_gb": peak_memory_gb(device),
+               "step_ms": round(1e3 * seconds / n, 3), "peak_memory_gb": peak_gpu_gb(device),
                "phase_ms": {k: round(v, 3) for k, v in phases.items()},
                "phase_percent": {k: round(100 * v / total, 1) for k, v in phases.items()}}
         row["kernel_percent"] = self.kernel_split(method, lambda: run(n))

@@ -29,6 +29,7 @@ import torch
 from ngraphics.cameras import Cameras
 from ngraphics.data.batches import ViewSampler
 from ngraphics.data.scene import SceneData
+from ngraphics.devices import peak_gpu_gb, peak_rss_gb
 from ngraphics.errors import ConfigError, DataError
 from ngraphics.io.splat_files import FORMATS, Splats, read_splats, write_splats
 from ngraphics.methods.base import SINGLE_PROCESS, Dist, Method
@@ -110,15 +111,6 @@ def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tens
         d = torch.cdist(points[s:s + chunk], points)
         out.append(d.topk(k + 1, largest=False).values[:, 1:].mean(1))
     return torch.cat(out).clamp_min(1e-7)
-
-
-def peak_rss_gb() -> float:
-    """The process's peak resident set size so far, GiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)
 
 
 def scene_scale(scene: SceneData) -> float:
@@ -303,9 +295,10 @@ class Splat(Method):
     def metrics(self, scene: SceneData, renders: list[dict[str, torch.Tensor]]) -> dict[str, float | int]:
         """Beside PSNR/SSIM in each evaluation record: the number of Gaussians, the process's peak resident
         memory and, on CUDA, the peak GPU memory allocated so far (GiB), for curves over training time."""
-        out: dict[str, float | int] = {"gaussians": len(self.params["means"]), "peak_rss_gb": peak_rss_gb()}
+        out: dict[str, float | int] = {"gaussians": len(self.params["means"]),
+                                       "peak_rss_gb": round(peak_rss_gb(), 3)}
         if self.device.type == "cuda":
-            out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+            out["peak_gpu_gb"] = round(peak_gpu_gb(self.device), 3)
         return out
 
     def splats(self) -> Splats:

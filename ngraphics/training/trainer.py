@@ -28,7 +28,7 @@ import torch
 from ngraphics import ops
 from ngraphics.config import apply_overrides, to_dict
 from ngraphics.data.scene import SceneData
-from ngraphics.devices import pick_device
+from ngraphics.devices import peak_gpu_gb, pick_device
 from ngraphics.networks.finite_checks import check_finite_boundaries
 from ngraphics.errors import ConfigError
 from ngraphics.methods import method_class
@@ -256,7 +256,7 @@ class Trainer:
         record = {"step": self.step, "time": round(self.elapsed, 3), "split": "train",
                   f"{unit}_per_s": round(rate, 1), **round_record(losses)}
         if self.device.type == "cuda":
-            record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+            record["peak_gpu_gb"] = round(peak_gpu_gb(self.device), 3)
         self.run.log(record)
         choices = ops.decisions()
         if choices and not self._ops_logged:  # which backend each hot op took, once a run

@@ -183,21 +183,21 @@ class RasterizeFn(torch.autograd.Function):
                                         alpha, T, last, width, height, tiles_x, tiles_x * tiles_y, D,
                                         TILE=tile_size, CB=cb, PIX=pixels, num_warps=TUNING["warps"])
         ctx.save_for_backward(means2d, conics, colors, opacities, flatten_ids, offsets, T, last)
-        ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb, pixels)
+        ctx.shape = (width, height, tile_size, tiles_x, tiles_y, cb, pixels, grid)
         return image, alpha
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_image, g_alpha):
         means2d, conics, colors, opacities, flatten_ids, offsets, T, last = ctx.saved_tensors
-        width, height, tile_size, tiles_x, tiles_y, cb, pixels = ctx.shape
+        width, height, tile_size, tiles_x, tiles_y, cb, pixels, grid = ctx.shape
         C, N, D = colors.shape
         g_image = g_image.float().contiguous()
         g_alpha = g_alpha.float().contiguous()
         d_mu, d_con = torch.zeros_like(means2d), torch.zeros_like(conics)
         d_col, d_opa = torch.zeros_like(colors), torch.zeros_like(opacities)
         if C * height * width and flatten_ids.numel():
-            _rasterize_bwd_kernel[(C * tiles_x * tiles_y * (tile_size * tile_size // pixels), triton.cdiv(D, cb))](
+            _rasterize_bwd_kernel[grid](
                 means2d, conics, colors, opacities, flatten_ids, offsets, T, last, g_image, g_alpha,
                 d_mu, d_con, d_col, d_opa, width, height, tiles_x, tiles_x * tiles_y, D,
                 TILE=tile_size, CB=cb, PIX=pixels, num_warps=TUNING["warps"])

@@ -34,24 +34,11 @@ from ngraphics.training import distributed
 from ngraphics.training.run_config import find_config, load_run_config, load_split
 from ngraphics.training.run_folder import RunFolder
 from ngraphics.training.trainer import Trainer
+from test_trainer import TINY as TRAINER_TINY
 
-TINY = [
-    "data.options={resolution: 16, n_views: 6, mesh_resolution: 0}",
-    "data.eval_views=2",
-    "trainer.steps=6",
-    "trainer.log_every=2",
-    "trainer.save_every=3",
-    "trainer.save_every_s=0",
-    "trainer.progress=false",
-    "trainer.device=cpu",
-    "model.field.encoding={n_levels: 2, log2_hashmap_size: 10}",
-    "model.field.max_resolution=32",
-    "model.occupancy={resolution: 8, warmup_steps: 2, update_every: 2}",
-    "model.render_steps=48",
-    "model.target_samples=65536",
-    "model.initial_rays=256",
-    "model.render_chunk=1024",
-]
+# tests/test_trainer.py's tiny NeRF, on the CPU, with a larger batch (each rank gets a share of it)
+TINY = [*TRAINER_TINY, "trainer.save_every_s=0", "trainer.device=cpu", "model.target_samples=65536",
+        "model.initial_rays=256"]
 # a small NeuS with an occupancy grid from step 2 (tests/test_neus.py's TINY plus the grid)
 _FIELD = SDFFieldConfig(encoding={"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 4},
                         max_resolution=32, init_radius=0.8, geometry_features=3, color_neurons=16)

@@ -344,3 +344,17 @@ def test_cuda_train_steps_triton_matches_torch(scene):
     assert results["auto"][0] == pytest.approx(results["torch"][0], rel=1e-4)
     a, b = results["auto"][1], results["torch"][1]
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.mark.gpu
+def test_cuda_ssim_loss_is_not_tf32_noise():
+    """On CUDA the D-SSIM loss matches float64 on the CPU where the image is flat (cuDNN's TF32 convolutions
+    once made var = E[x^2] - E[x]^2 cancel to noise there, and lego training diverged)."""
+    a = torch.ones(200, 200, 3)
+    b = a.clone()
+    b[60:140, 60:140] = 0.3
+    b[100:, :, 1] = 0.7
+    want = float(ssim_loss(a.double(), b.double()))
+    got = ssim_loss(a.cuda().requires_grad_(), b.cuda())
+    got.backward()
+    assert float(got) == pytest.approx(want, abs=1e-6)

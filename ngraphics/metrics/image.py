@@ -3,6 +3,10 @@
 SSIM follows Wang et al. 2004 as scikit-image computes it with `gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1`: an 11x11 Gaussian window, K1 = 0.01, K2 = 0.03, the SSIM map
 averaged over pixels whose window lies inside the image and over channels. The test checks it against skimage.
+
+On CUDA the SSIM map's blurs run in float64: cuDNN runs float32 convolutions in TF32 by default (a 10-bit
+mantissa), and var = E[x^2] - E[x]^2 then cancels to noise larger than K2^2 = 9e-4 wherever the image is flat,
+which turned 3DGS's D-SSIM loss into noise that made splat training on lego diverge (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -55,9 +59,11 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigm
     """The SSIM map of two (H, W, C) images over the 'valid' region, differentiable, in the inputs' dtype.
 
     Returns: (C, 1, H - window + 1, W - window + 1); its mean is the SSIM (`ssim`), 1 - its mean the D-SSIM
-    loss of 3DGS. No clamping: callers decide the range."""
-    x, y = pred.permute(2, 0, 1)[:, None], target.permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    g = _gaussian_window(window, sigma, dtype=pred.dtype, device=pred.device)
+    loss of 3DGS. No clamping: callers decide the range. The blurs run in float64 on CUDA (no TF32: module doc)."""
+    work = torch.float64 if pred.is_cuda else pred.dtype
+    x = pred.permute(2, 0, 1)[:, None].to(work)  # (C, 1, H, W)
+    y = target.permute(2, 0, 1)[:, None].to(work)
+    g = _gaussian_window(window, sigma, dtype=work, device=pred.device)
 
     def blur(img: torch.Tensor) -> torch.Tensor:  # separable, 'valid' region only
         img = F.conv2d(img, g.view(1, 1, -1, 1))
@@ -68,7 +74,8 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigm
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    out = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return out.to(pred.dtype)
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> float:

@@ -468,3 +468,43 @@ def test_surface_run_shows_its_marching_cubes_mesh(scene, tmp_path):
 
 def test_methods_without_the_hooks_offer_only_the_picture(viewer):
     assert viewer._show.options == ("picture",)
+
+
+def test_socket_client_gets_frames_over_viser_websocket(viewer):
+    """The browserless client (the device benchmark's) over viser's real websocket: its first camera message
+    connects it and gets the full frame of its canvas's aspect; a move after that gets a new frame, and once
+    still the full one again."""
+    from ngraphics.viewer.socket_client import SocketClient, look_at_wxyz
+
+    viewer.start()
+    with SocketClient(viewer.url, 320, 240) as client:
+        sent = client.look((3.0, 0.0, 0.5), (0.0, 0.0, 0.0))
+        full = client.wait_frame(after=sent, size=(64, 48), timeout=30)
+        assert full is not None
+        assert len(viewer.views) == 1
+        cam = next(iter(viewer.views.values())).client.camera
+        assert np.allclose(cam.position, (3.0, 0.0, 0.5)) and (cam.image_width, cam.image_height) == (320, 240)
+        # the pose the client sent: forward looks at the target, y points down (OpenCV axes, z up here)
+        from viser.transforms import SO3
+
+        R = SO3(np.asarray(cam.wxyz)).as_matrix()
+        assert np.allclose(R[:, 2], -np.array([3.0, 0.0, 0.5]) / np.linalg.norm([3.0, 0.0, 0.5]), atol=1e-6)
+        assert R[2, 1] < 0 and np.allclose(R, SO3(look_at_wxyz((3, 0, 0.5), (0, 0, 0), (0, 0, 1))).as_matrix())
+        sent = client.look((0.0, 3.0, 0.5), (0.0, 0.0, 0.0))
+        assert client.wait_frame(after=sent, timeout=30) is not None
+        assert client.wait_frame(after=sent, size=(64, 48), timeout=30) is not None
+    assert all(f.nbytes > 0 for f in client.frames) and client.messages > len(client.frames)
+
+
+def test_render_thread_sleeps_until_a_stopped_camera_counts_as_still(viewer):
+    """Nothing due: the thread sleeps until the first stopped camera's full frame is due, at most 50 ms."""
+    assert viewer._idle_wait() == 0.05  # no browser
+    client = FakeClient()
+    viewer._connect(client)
+    view = viewer.views[1]
+    view.moved_at = time.perf_counter()
+    assert 0.5 * viewer.config.still_after_s < viewer._idle_wait() <= viewer.config.still_after_s
+    view.moved_at -= 1.0
+    assert viewer._idle_wait() == 0.001  # overdue: at once
+    view.sent_full = True
+    assert viewer._idle_wait() == 0.05  # its full frame went out: nothing to wait for

@@ -12,6 +12,13 @@ seconds the hook took in the training thread, the browser's CPU seconds (all its
 average at the start and end. Then, on the trained model with the viewer's own thread: frames/s while the
 camera moves (reduced size) and the latency from the camera's last move to the full-size frame (`--resolution`
 a side). Needs chromium + chromium-driver and selenium (`ngraphics.viewer.browser`).
+
+`--client socket` replaces the browser by `ngraphics.viewer.socket_client` (viser's websocket protocol spoken
+from Python: no browser to install, none drawing on the CPU). Its camera moves 60 times a second in the
+orbiting run and the interactive part, and frames/s and latency are measured where the frames arrive:
+
+    python -m ngraphics.viewer.bench --client socket --device cuda --config nerf/lego --data path/to/lego \
+        --steps 2000 --resolution 800 --repeat 2
 """
 
 from __future__ import annotations
@@ -38,12 +45,42 @@ def _orbit(viewer, stop: threading.Event, centre: np.ndarray, period_s: float = 
         stop.wait(period_s)
 
 
+def _rotate(offset: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """`offset` (3,) turned by `angle` radians about the unit vector `axis` (3,) (Rodrigues)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return offset * c + np.cross(axis, offset) * s + axis * np.dot(axis, offset) * (1 - c)
+
+
+class _SocketOrbit:
+    """The socket client's camera: starts at the viewer's initial camera and orbits the scene's centre about
+    its up direction, 0.05 rad a move, as a browser whose camera is dragged sends its moves."""
+
+    def __init__(self, viewer, client):
+        camera = viewer.server.initial_camera
+        self.client, self.centre = client, np.asarray(camera.look_at, float)
+        self.up = np.asarray(camera.up, float) / np.linalg.norm(camera.up)
+        self.offset = np.asarray(camera.position, float) - self.centre
+
+    def look(self) -> float:
+        return self.client.look(self.centre + self.offset, self.centre, self.up)
+
+    def move(self) -> float:
+        self.offset = _rotate(self.offset, self.up, 0.05)
+        return self.look()
+
+    def run(self, stop: threading.Event, period_s: float) -> None:
+        while not stop.is_set():
+            self.move()
+            stop.wait(period_s)
+
+
 def _train(args, root: Path, name: str, client: str | None) -> dict:
     from ngraphics.training.run_config import find_config, load_run_config
     from ngraphics.training.run_folder import RunFolder
     from ngraphics.training.trainer import Trainer
     from ngraphics.viewer import Viewer, ViewerConfig
     from ngraphics.viewer.browser import headless_chromium
+    from ngraphics.viewer.socket_client import SocketClient
 
     overrides = [f"trainer.steps={args.steps}", "trainer.progress=false", "trainer.eval_every=0",
                  "trainer.save_every=0", "trainer.save_every_s=0", "trainer.render_final=false",
@@ -62,26 +99,31 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
     timed = _Timed(viewer)
     trainer.hooks += [timed, clock := _WallClock()]  # the clock after the viewer: its renders count
     stop = threading.Event()
+    socket = args.client == "socket"
     try:
-        with headless_chromium(args.resolution + 400, args.resolution + 150) as driver:
-            driver.get(viewer.url)
+        with (SocketClient(viewer.url, args.resolution, args.resolution) if socket else
+              headless_chromium(args.resolution + 400, args.resolution + 150)) as connection:
+            orbit = _SocketOrbit(viewer, connection) if socket else None
+            orbit.look() if socket else connection.get(viewer.url)
             deadline = time.time() + 60
             while not viewer.views and time.time() < deadline:
                 time.sleep(0.05)
             viewer.show_cameras(False)
             if client == "moving":
                 centre = trainer.train_scene.aabb.double().mean(0).numpy()
-                threading.Thread(target=_orbit, args=(viewer, stop, centre), daemon=True).start()
-            browser = _descendants(driver.service.process.pid)
+                target, targs = (orbit.run, (stop, 1 / 60)) if socket else (_orbit, (viewer, stop, centre))
+                threading.Thread(target=target, args=targs, daemon=True).start()
+            browser = [] if socket else _descendants(connection.service.process.pid)
             cpu0 = sum(map(_cpu_seconds, browser))
             trainer.train()
             stop.set()
             frames = sum(v.frames for v in viewer.views.values())
             result = {"steps_per_s": clock.steps_per_s(), "frames": frames, "hook_s": timed.seconds,
-                      "browser_cpu_s": sum(map(_cpu_seconds, browser)) - cpu0, "wall_s": clock.wall_s(),
-                      "load": (load, os.getloadavg()[0])}
+                      "wall_s": clock.wall_s(), "load": (load, os.getloadavg()[0])}
+            if not socket:
+                result["browser_cpu_s"] = sum(map(_cpu_seconds, browser)) - cpu0
             if client == "still":
-                result.update(_interactive(viewer, trainer))
+                result.update(_interactive_socket(viewer, orbit) if socket else _interactive(viewer, trainer))
             return result
     finally:
         stop.set()
@@ -110,6 +152,26 @@ def _interactive(viewer, trainer) -> dict:
     full_at = next((t for v, t, full in reversed(view.log) if full), float("nan"))
     return {"moving_fps": moving_fps, "moving_size": small, "full_size": view.last_size,
             "still_to_full_s": full_at - stopped}
+
+
+def _interactive_socket(viewer, orbit: _SocketOrbit, seconds: float = 5.0) -> dict:
+    """`_interactive` as the socket client sees it (the viewer's own thread on the trained model): it orbits, moving 60 times a second for `seconds` (a dragged
+    camera), counting the frames that arrive; then stops and waits for the full-size frame. Latency runs from
+    the client's last camera message to that frame's arrival at the client (render, JPEG, websocket)."""
+    client = orbit.client
+    viewer.start()
+    start = time.perf_counter()
+    n0 = len(client.frames)
+    last = start
+    while last - start < seconds:
+        last = orbit.move()
+        time.sleep(max(0.0, 1 / 60 - (time.perf_counter() - last)))
+    moving = [f for f in client.frames[n0:] if f.arrived <= last + 1 / 60]
+    side = viewer.config.max_resolution
+    full = client.wait_frame(after=last, size=(side, side), timeout=60)
+    return {"client_moving_fps": len(moving) / seconds,
+            "client_moving_size": moving[-1].size if moving else (0, 0),
+            "client_still_to_full_s": (full.arrived - last) if full is not None else float("nan")}
 
 
 class _Timed:
@@ -181,12 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=256, help="longer side of a full frame")
     parser.add_argument("--port", type=int, default=8490)
     parser.add_argument("--repeat", type=int, default=1, help="run the three cases this many times, interleaved")
+    parser.add_argument("--client", choices=("browser", "socket"), default="browser",
+                        help="browser: headless Chromium through Selenium; socket: the browserless viser client "
+                             "(ngraphics.viewer.socket_client), for machines without a browser")
     args = parser.parse_args(argv)
     from ngraphics.viewer import ViewerConfig
     from ngraphics.viewer.browser import missing
 
-    if missing():
-        print(f"viewer bench: {missing()}", file=sys.stderr)
+    if args.client == "browser" and missing():
+        print(f"viewer bench: {missing()} (or use --client socket)", file=sys.stderr)
         return 2
     args.share = ViewerConfig().render_share if args.share is None else args.share
     rows = []
@@ -195,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             for case in ("none", "still", "moving"):
                 rows.append((case, _train(args, Path(tmp), f"{case}{i}", None if case == "none" else case)))
     base = float(np.mean([r["steps_per_s"] for case, r in rows if case == "none"]))
-    print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}, {os.cpu_count()} CPUs")
+    print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}, {os.cpu_count()} CPUs, "
+          f"client {args.client}")
     print("| client | steps/s | kept | frames sent | hook s (share of wall) | browser CPU s | load start-end |\n"
           "|---|---:|---:|---:|---:|---:|---|")
     for case, r in rows:
@@ -206,9 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     kept = {case: np.mean([r["steps_per_s"] for c, r in rows if c == case]) / base for case in ("still", "moving")}
     print(f"kept (mean over runs): still {kept['still']:.1%}, moving {kept['moving']:.1%}")
     r = next(r for case, r in rows if case == "still")
-    print(f"trained model, viewer thread: {r['moving_fps']:.1f} frames/s while orbiting at "
-          f"{r['moving_size'][0]}x{r['moving_size'][1]}; full {r['full_size'][0]}x{r['full_size'][1]} frame "
-          f"{r['still_to_full_s'] * 1000:.0f} ms after the last move")
+    if args.client == "socket":
+        w, h = r["client_moving_size"]
+        print(f"trained model, viewer thread, at the client: {r['client_moving_fps']:.1f} frames/s while the camera "
+              f"moves 60 times a second (last moving frame {w}x{h}); the full {args.resolution}x{args.resolution} "
+              f"frame {r['client_still_to_full_s'] * 1000:.0f} ms after the last move "
+              f"(of which still_after_s {ViewerConfig().still_after_s * 1000:.0f} ms)")
+    else:
+        print(f"trained model, viewer thread: {r['moving_fps']:.1f} frames/s while orbiting at "
+              f"{r['moving_size'][0]}x{r['moving_size'][1]}; full {r['full_size'][0]}x{r['full_size'][1]} frame "
+              f"{r['still_to_full_s'] * 1000:.0f} ms after the last move")
     return 0
 
 

@@ -15,8 +15,10 @@ class ViewerConfig:
     port: first port to try; a port in use moves on to the next free one (said on stderr).
     render_share: share of wall time given to rendering while training, in (0, 1] (GUI slider).
     max_resolution: longer side of a still frame, pixels (the browser canvas, shrunk to fit).
-    moving_frame_s: target seconds per frame while the camera moves (sets the reduced size).
-    still_after_s: the camera counts as still after this many seconds without a move.
+    moving_frame_s: target seconds per frame while the camera moves, rendering and JPEG encoding included (sets
+        the reduced size; 1/40 s leaves room for the rest of the loop, so a moving camera gets >= 30 frames/s).
+    still_after_s: the camera counts as still after this many seconds without a move (a dragged camera moves
+        every browser frame, 1/60 s; the full frame should follow a stop within 100 ms, rendering included).
     still_refresh_s: while training, a still camera's picture follows the model at most this often (and
         within the budget): the model changes every step, the picture need not.
     max_train_frame_s: while training, the longest one frame may take (measured speed): a full frame that
@@ -29,8 +31,8 @@ class ViewerConfig:
     port: int = 8080
     render_share: float = 0.03
     max_resolution: int = 512
-    moving_frame_s: float = 1 / 30
-    still_after_s: float = 0.2
+    moving_frame_s: float = 1 / 40
+    still_after_s: float = 0.03
     still_refresh_s: float = 2.0
     max_train_frame_s: float = 1.0
     thumbnail: int = 96

@@ -313,6 +313,16 @@ class Viewer:
             return True, True  # the model changed under a still camera: a new picture now and then
         return False, False
 
+    def _idle_wait(self, longest: float = 0.05) -> float:
+        """How long the render thread may sleep when nothing is due: until the first browser whose camera
+        stopped counts as still (its full frame is then due at once, not up to `longest` later), at most
+        `longest` seconds (moves and setting changes wake it earlier)."""
+        now = time.perf_counter()
+        with self._views_lock:
+            waits = [view.moved_at + self.config.still_after_s - now for view in self.views.values()
+                     if not view.sent_full]
+        return min([longest] + [max(w, 0.001) for w in waits])
+
     def _frame_pixels(self, full: bool, training: bool) -> float | None:
         """At most how many pixels the next frame may have (None: the full size). While the camera moves: what
         renders in `moving_frame_s`. While training, no frame may take longer than `max_train_frame_s`, so a
@@ -340,11 +350,11 @@ class Viewer:
             cameras = self.camera_of(view, self._frame_pixels(full, budget is not None))
             start = time.perf_counter()
             picture, _ = self.render_picture(cameras)
-            seconds = time.perf_counter() - start
-            self.pace.record(picture.shape[0] * picture.shape[1], seconds)
             view.client.scene.set_background_image(picture, format="jpeg", jpeg_quality=JPEG_QUALITY)
-            if budget is not None:  # the whole frame: render, colour map, JPEG encoding, queueing
-                budget.spend(time.perf_counter() - start)
+            seconds = time.perf_counter() - start  # the whole frame: render, colour map, JPEG encoding, queueing
+            self.pace.record(picture.shape[0] * picture.shape[1], seconds)
+            if budget is not None:
+                budget.spend(seconds)
             view.sent_version, view.sent_full, view.sent_step = version, full, self.step
             view.sent_at = time.perf_counter()
             view.frames, view.last_size = view.frames + 1, (picture.shape[1], picture.shape[0])
@@ -457,7 +467,7 @@ class Viewer:
         def loop() -> None:
             while not self._stop.is_set():
                 if not self.render_pending(None):
-                    self._wake.wait(0.05)
+                    self._wake.wait(self._idle_wait())
                     self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="ngraphics-viewer", daemon=True)

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--up", type=float, nargs=3, default=(0.0, -1.0, 0.0), metavar=("X", "Y", "Z"),
                         help="splat file without --data: the world's up direction (default 0 -1 0, the 3DGS/COLMAP "
                         "frame; 0 0 1 for Blender scenes)")
+    parser.add_argument("--output", choices=OUTPUTS, default="rgb",
+                        help="what to show: rgb (default), depth (turbo colour map, one range for the whole path), "
+                             "alpha, or normal ((n + 1) / 2 of the world-space normals; surface runs)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--runs-dir", default="runs", metavar="DIR")
 
@@ -76,14 +79,19 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         fmt = "png"
     seconds = [0.0]
+    depth_range: list[tuple[float, float]] = []  # the first frame's, kept for the whole path
 
     def render(i: int) -> torch.Tensor:  # timed, synchronised: frames/s counts rendering only, not encoding
         start = time.perf_counter()
-        rgb = render_supersampled(method, cameras[i], background, args.spp)["rgb"][0]
-        if rgb.is_cuda:
-            torch.cuda.synchronize(rgb.device)
+        out = render_supersampled(method, cameras[i], background, args.spp)
+        if i == 0 and args.output not in out:
+            have = ", ".join(k for k in OUTPUTS if k in out)
+            raise ConfigError(f"--output {args.output}: this run's method ({type(method).__name__}) renders {have}")
+        image = out[args.output][0]
+        if image.is_cuda:
+            torch.cuda.synchronize(image.device)
         seconds[0] += time.perf_counter() - start
-        return rgb.clamp(0, 1).cpu()
+        return frame_picture(image.float().cpu(), args.output, out.get("alpha", [None])[0], depth_range)
 
     frames = tqdm((render(i) for i in range(len(cameras))), total=len(cameras), unit="frame", file=sys.stderr)
     if fmt == "mp4":
@@ -108,6 +116,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 SPLAT_SUFFIXES = (".ply", ".splat", ".spz")
+OUTPUTS = ("rgb", "depth", "alpha", "normal")
+
+
+def frame_picture(image, output: str, alpha, depth_range: list):
+    """One frame of `--output` as an (H, W, 3) float picture in [0, 1]. image: the render's (H, W, k) output;
+    alpha: its (H, W, 1) opacity (depth fades to black where nothing was hit) or None; depth_range: [] before
+    the first depth frame, which fills it with its 1st..99th percentiles, then reused (no flicker)."""
+    import torch
+
+    from ngraphics.viewer.frames import depth_range as percentiles
+    from ngraphics.viewer.frames import turbo
+
+    if output == "rgb":
+        return image.clamp(0, 1)
+    if output == "normal":
+        return ((image + 1) * 0.5).clamp(0, 1)
+    if output == "alpha":
+        return image.clamp(0, 1).repeat(1, 1, 3)
+    if not depth_range:
+        depth_range.append(percentiles(image, None if alpha is None else alpha.float().cpu()))
+    lo, hi = depth_range[0]
+    picture = torch.from_numpy(turbo(((image[..., 0] - lo) / max(hi - lo, 1e-8)).numpy())).float() / 255
+    return picture if alpha is None else picture * alpha.float().cpu().clamp(0, 1)
 
 
 def _run_folder(args: argparse.Namespace):

@@ -12,6 +12,7 @@ import torch
 from ngraphics.cli import main
 from ngraphics.data import load_dataset
 from ngraphics.fields.sdf_field import SDFFieldConfig
+from ngraphics.io.images import read_image
 from ngraphics.methods import METHODS
 from ngraphics.methods.neus import Neus, NeusConfig
 
@@ -154,6 +155,19 @@ def test_cli_train_then_export(tmp_path, one_thread, capsys):
                  "--out", str(tmp_path / "y.ply")]) == 2  # a grid far too large for memory
     err = capsys.readouterr().err
     assert "--resolution" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "y.ply").exists()
+    # render gains normals: frames are (n + 1) / 2 of the method's normals along the same path; eval writes them
+    assert main(["render", "r", "--runs-dir", str(runs), "--output", "normal", "--format", "png", "--frames", "2",
+                 "--out", str(tmp_path / "normals")]) == 0
+    from ngraphics.rendering.camera_paths import make_path
+    from ngraphics.training.run_folder import resolve_run
+    from ngraphics.training.trainer import restore_run
+
+    _, method, scene, _ = restore_run(resolve_run(runs / "r"), None, "cpu")
+    want = ((method.render(make_path("orbit", scene.cameras, 2)[1:2])["normal"][0] + 1) * 0.5).clamp(0, 1)
+    got = torch.from_numpy(read_image(tmp_path / "normals" / "frame_0001.png")).float()
+    assert got.shape == want.shape and (got - want).abs().max() < 1.5 / 255 and want.std() > 0.05
+    assert main(["eval", "r", "--runs-dir", str(runs)]) == 0
+    assert list((runs / "r" / "eval").rglob("*_normal.png"))
 
 
 @pytest.mark.slow

@@ -258,6 +258,15 @@ def test_cli_train_eval_render_on_a_tiny_run(tmp_path, capsys):
     else:
         assert "imageio-ffmpeg is not installed" in err
 
+    # other outputs: a depth video keeps the first frame's range; a NeRF has no normals (one line, nothing written)
+    assert main(["render", str(run), "--output", "depth", "--format", "png", "--frames", "2",
+                 "--out", str(run / "depth")]) == 0
+    depth = [read_image(run / "depth" / f"frame_{i:04d}.png") for i in range(2)]
+    assert depth[0].shape == (16, 16, 3) and depth[0].std() > 0.01
+    assert main(["render", str(run), "--output", "normal", "--frames", "1", "--out", str(run / "n.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "--output normal: this run's method (NeRF) renders rgb, depth, alpha" in err and not (run / "n.mp4").exists()
+
     assert main(["train", "--resume", str(run), "--set", "trainer.steps=8", "--quiet"]) == 0
     assert RunFolder(run).checkpoints.paths()[-1].name == "step_0000008.pt"
     assert main(["eval", str(tmp_path / "missing")]) == 2

@@ -73,7 +73,7 @@ def sdf_grid(sdf_fn: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tenso
     starts = range(0, resolution, slab)
     with torch.no_grad():
         for i in tqdm(starts, desc="sampling the SDF", unit="slab", leave=False, file=sys.stderr,
-                      disable=len(starts) < 4):
+                      disable=True if len(starts) < 4 else None):  # None: only on a terminal
             xs = axes[0][i : i + slab]
             pts = torch.cat([xs.repeat_interleave(yz.shape[0])[:, None], yz.repeat(len(xs), 1)], -1)
             values = sdf_fn(pts.to(device=device, dtype=torch.float32))

@@ -30,7 +30,8 @@ def evaluate_method(method: Method, scene: SceneData, background: str, views: li
         scene: the evaluation split.
         background: "white" or "black": behind RGBA test images and the renders.
         views: eval view indices; None = all.
-        out_dir: if given, write `<name>.png` renders there (and `<name>_depth.png`, normalised).
+        out_dir: if given, write `<name>.png` renders there (and `<name>_depth.png`, normalised, and
+            `<name>_normal.png` for methods that render normals).
         spp: rays per pixel, averaged over sub-pixel offsets (see `render_supersampled`).
         progress: show a progress bar over the views.
     Returns: {"psnr", "ssim", "n_views", "per_view": [{"name", "psnr", "ssim"}, ...], **method.metrics(...)},
@@ -51,6 +52,8 @@ def evaluate_method(method: Method, scene: SceneData, background: str, views: li
             write_image(Path(out_dir) / f"{scene.names[i]}.png", pred)
             if "depth" in out:
                 write_image(Path(out_dir) / f"{scene.names[i]}_depth.png", normalise_depth(out["depth"][..., 0]))
+            if "normal" in out:  # surface methods: world-space normals as (n + 1) / 2
+                write_image(Path(out_dir) / f"{scene.names[i]}_normal.png", ((out["normal"] + 1) * 0.5).clamp(0, 1))
     subset = scene if len(views) == len(scene) and views == list(range(len(scene))) else _subset(scene, views)
     extra = method.metrics(subset, renders)
     return {

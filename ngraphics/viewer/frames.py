@@ -95,6 +95,17 @@ def turbo(x: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)[..., ::-1].copy()
 
 
+def depth_range(image: torch.Tensor, coverage: torch.Tensor | None = None) -> tuple[float, float]:
+    """The 1st and 99th percentiles of a one-channel image (H, W, 1) where `coverage` (H, W, 1) > 0.5 (all
+    pixels if none are): the range `display_image` maps through its colour map."""
+    x = image.detach().float().cpu()[..., 0]
+    valid = x[coverage[..., 0].cpu() > 0.5] if coverage is not None else x.reshape(-1)
+    if valid.numel() == 0:
+        valid = x.reshape(-1)
+    lo, hi = torch.quantile(valid.double(), torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
 def display_image(image: torch.Tensor, coverage: torch.Tensor | None = None) -> np.ndarray:
     """One render output as an 8-bit RGB picture, whatever its key.
 
@@ -116,10 +127,7 @@ def display_image(image: torch.Tensor, coverage: torch.Tensor | None = None) -> 
     if float(x.min()) >= 0 and float(x.max()) <= 1:
         grey = (x.numpy() * 255 + 0.5).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
-    valid = x[coverage[..., 0].cpu() > 0.5] if coverage is not None else x.reshape(-1)
-    if valid.numel() == 0:
-        valid = x.reshape(-1)
-    lo, hi = torch.quantile(valid.double(), torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
+    lo, hi = depth_range(image, coverage)
     picture = turbo(((x - lo) / max(hi - lo, 1e-8)).numpy())
     if coverage is not None:  # fades to black where nothing was hit
         weight = coverage[..., 0].cpu().clamp(0, 1).numpy()[..., None]
@@ -186,5 +194,5 @@ class Pace:
         return None if self.pixels_per_s == 0 else self.pixels_per_s * seconds
 
 
-__all__ = ["Pace", "RenderBudget", "camera_pose", "crop_mask", "display_image", "frame_size",
+__all__ = ["Pace", "RenderBudget", "camera_pose", "crop_mask", "depth_range", "display_image", "frame_size",
            "pinhole", "turbo"]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,20 +41,23 @@ def evaluate_method(method: Method, scene: SceneData, background: str, views: li
     color = BACKGROUNDS[background]
     views = list(range(len(scene))) if views is None else views
     per_view, renders = [], []
-    for i in tqdm(views, desc="evaluating", unit="view", disable=not progress, leave=False):
-        with torch.no_grad():
-            out = render_supersampled(method, scene.cameras[i], torch.tensor(color), spp)
-        out = {k: v[0].float().cpu() for k, v in out.items()}
-        pred = out["rgb"].clamp(0, 1)
-        target = scene.rgb_on(i, color)
-        per_view.append({"name": scene.names[i], "psnr": psnr(pred, target), "ssim": ssim(pred, target)})
-        renders.append(out)
-        if out_dir is not None:
-            write_image(Path(out_dir) / f"{scene.names[i]}.png", pred)
-            if "depth" in out:
-                write_image(Path(out_dir) / f"{scene.names[i]}_depth.png", normalise_depth(out["depth"][..., 0]))
-            if "normal" in out:  # surface methods: world-space normals as (n + 1) / 2
-                write_image(Path(out_dir) / f"{scene.names[i]}_normal.png", ((out["normal"] + 1) * 0.5).clamp(0, 1))
+    # PSNR and SSIM are computed where the render is (the GPU on CUDA); the PNGs are written by a thread
+    # (OpenCV's encoder releases the GIL) while the next view renders.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+        for i in tqdm(views, desc="evaluating", unit="view", disable=not progress, leave=False):
+            with torch.no_grad():
+                out = render_supersampled(method, scene.cameras[i], torch.tensor(color), spp)
+            out = {k: v[0].float() for k, v in out.items()}
+            pred = out["rgb"].clamp(0, 1)
+            target = scene.rgb_on(i, color).to(pred.device)
+            per_view.append({"name": scene.names[i], "psnr": psnr(pred, target), "ssim": ssim(pred, target)})
+            out = {k: v.cpu() for k, v in out.items()}
+            renders.append(out)
+            if out_dir is not None:
+                written.append(writer.submit(_write_view, Path(out_dir), scene.names[i], out))
+        for job in written:
+            job.result()  # a failed write raises here
     subset = scene if len(views) == len(scene) and views == list(range(len(scene))) else _subset(scene, views)
     extra = method.metrics(subset, renders)
     return {
@@ -63,6 +67,16 @@ def evaluate_method(method: Method, scene: SceneData, background: str, views: li
         **extra,
         "per_view": per_view,
     }
+
+
+def _write_view(out_dir: Path, name: str, out: dict[str, torch.Tensor]) -> None:
+    """`<name>.png` (rgb), `<name>_depth.png` (normalised) and `<name>_normal.png` ((n + 1) / 2, surface
+    methods) of one view's render outputs (CPU tensors (H, W, k))."""
+    write_image(out_dir / f"{name}.png", out["rgb"].clamp(0, 1))
+    if "depth" in out:
+        write_image(out_dir / f"{name}_depth.png", normalise_depth(out["depth"][..., 0]))
+    if "normal" in out:
+        write_image(out_dir / f"{name}_normal.png", ((out["normal"] + 1) * 0.5).clamp(0, 1))
 
 
 def normalise_depth(depth: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,10 @@ def _train(args, root: Path, name: str, client: str | None) -> dict:
         with (SocketClient(viewer.url, args.resolution, args.resolution) if socket else
               headless_chromium(args.resolution + 400, args.resolution + 150)) as connection:
             orbit = _SocketOrbit(viewer, connection) if socket else None
-            orbit.look() if socket else connection.get(viewer.url)
+            if socket:
+                orbit.look()  # the first camera message connects the client
+            else:
+                connection.get(viewer.url)
             deadline = time.time() + 60
             while not viewer.views and time.time() < deadline:
                 time.sleep(0.05)
@@ -155,9 +158,10 @@ def _interactive(viewer, trainer) -> dict:
 
 
 def _interactive_socket(viewer, orbit: _SocketOrbit, seconds: float = 5.0) -> dict:
-    """`_interactive` as the socket client sees it (the viewer's own thread on the trained model): it orbits, moving 60 times a second for `seconds` (a dragged
-    camera), counting the frames that arrive; then stops and waits for the full-size frame. Latency runs from
-    the client's last camera message to that frame's arrival at the client (render, JPEG, websocket)."""
+    """`_interactive` as the socket client sees it (the viewer's own thread on the trained model): it orbits,
+    moving 60 times a second for `seconds` (a dragged camera), counting the frames that arrive; then stops and
+    waits for the full-size frame. Latency runs from the client's last camera message to that frame's arrival
+    at the client (render, JPEG, websocket)."""
     client = orbit.client
     viewer.start()
     start = time.perf_counter()

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--viewer", action="store_true",
                         help="watch training in the browser (viser; stays up after training until Ctrl-C)")
     parser.add_argument("--viewer-share", type=float, default=share, metavar="FRACTION",
-                        help=f"share of wall time the viewer may spend rendering (default {share})")
+                        help=f"share of wall time the viewer may spend rendering, 0.001 .. 1 (default {share})")
     add_viewer_arguments(parser, "viewer-")
 
 

@@ -508,3 +508,18 @@ def test_render_thread_sleeps_until_a_stopped_camera_counts_as_still(viewer):
     assert viewer._idle_wait() == 0.001  # overdue: at once
     view.sent_full = True
     assert viewer._idle_wait() == 0.05  # its full frame went out: nothing to wait for
+
+
+@pytest.mark.parametrize("share", [0.001, 0.004, 0.03, 1.0])
+def test_training_viewer_takes_any_allowed_share_and_its_slider_shows_it(scene, tmp_path, share):
+    """Shares below 0.5 % once crashed viser's 1..100 slider (initial value 0); the slider steps 0.1 %."""
+    from ngraphics.viewer import Viewer
+
+    v = Viewer(Gradient(), scene, tmp_path, ViewerConfig(port=_free_port(), thumbnail=0, render_share=share),
+               training=True)
+    try:
+        assert v._share.value == pytest.approx(share * 100) and v.budget.share == share
+    finally:
+        v.close()
+    with pytest.raises(ConfigError, match="0.001"):
+        ViewerConfig(render_share=0.0005)

@@ -13,7 +13,8 @@ class ViewerConfig:
 
     host: address to bind; 127.0.0.1 (this machine only) unless you mean to share it.
     port: first port to try; a port in use moves on to the next free one (said on stderr).
-    render_share: share of wall time given to rendering while training, in (0, 1] (GUI slider).
+    render_share: share of wall time given to rendering while training, in [0.001, 1] (GUI slider, in 0.1 %
+        steps).
     max_resolution: longer side of a still frame, pixels (the browser canvas, shrunk to fit).
     moving_frame_s: target seconds per frame while the camera moves, rendering and JPEG encoding included (sets
         the reduced size; 1/40 s leaves room for the rest of the loop, so a moving camera gets >= 30 frames/s).
@@ -39,8 +40,9 @@ class ViewerConfig:
     mesh_resolution: int = 128
 
     def __post_init__(self) -> None:
-        if not 0 < self.render_share <= 1:
-            raise ConfigError(f"--viewer-share must be in (0, 1], got {self.render_share}")
+        if not 0.001 <= self.render_share <= 1:
+            raise ConfigError(f"--viewer-share must be in [0.001, 1] (0.1 % to all of the time), got "
+                              f"{self.render_share}")
         if self.max_resolution < 8 or not 0 < self.port < 65536:
             raise ConfigError(f"viewer: need --max-resolution >= 8 and a port in 1..65535, got "
                               f"{self.max_resolution} and {self.port}")

@@ -201,7 +201,7 @@ class Viewer:
             with gui.add_folder("Training"):
                 self._pause = gui.add_button("Pause training")
                 self._pause.on_click(lambda _: self.set_paused(not self.paused))
-                self._share = gui.add_slider("Render share %", 1, 100, 1, round(self.config.render_share * 100))
+                self._share = gui.add_slider("Render share %", 0.1, 100, 0.1, round(self.config.render_share * 100, 1))
                 self._share.on_update(lambda _: setattr(self.budget, "share", self._share.value / 100))
                 # Never created empty: uPlot ranges x once, at creation, from the data it is given, and viser
                 # pushes later data with resetScales=false, so a chart born with no points keeps a null x scale

@@ -523,3 +523,15 @@ def test_training_viewer_takes_any_allowed_share_and_its_slider_shows_it(scene, 
         v.close()
     with pytest.raises(ConfigError, match="0.001"):
         ViewerConfig(render_share=0.0005)
+
+
+def test_bench_compares_each_viewer_run_with_the_runs_around_it():
+    """A machine slowing down linearly during the benchmark: a viewer run at the interpolated speed keeps
+    100 %, one at 90 % of it keeps 90 %, whatever the drift; a run at the end has one neighbour."""
+    from ngraphics.viewer.bench import bracketed_kept
+
+    speeds = [10.0, 9.0 * 0.9, 8.0, 7.0, 6.0]  # none, still (90 % of the 9.0 it would have run at), none, ...
+    kept = bracketed_kept([("none", speeds[0]), ("still", speeds[1]), ("none", speeds[2]), ("moving", speeds[3]),
+                           ("none", speeds[4]), ("still", 3.0)])
+    assert kept[0] is None and kept[2] is None and kept[4] is None
+    assert kept[1] == pytest.approx(0.9) and kept[3] == pytest.approx(1.0) and kept[5] == pytest.approx(0.5)

@@ -3,13 +3,13 @@
     python -m ngraphics.viewer.bench                        # CPU, the procedural scene (bundled nerf/default)
     python -m ngraphics.viewer.bench --device cuda --config nerf/lego --data path/to/lego --resolution 800
 
-Three training runs of the same config and seed, `--steps` steps each: no viewer; the viewer with a connected
+Training runs of the same config and seed, `--steps` steps each: no viewer; the viewer with a connected
 headless Chromium whose camera stays still (frames follow the model as it learns); the same with the camera
-orbiting (moved through viser's API every 50 ms). `--repeat N` runs the three N times, interleaved, against
-the load of a shared machine. Reported per run: training steps/s (wall time between steps, the viewer's hook
-included) and the share kept (against the mean of the runs without a viewer), frames handed to viser, the
-seconds the hook took in the training thread, the browser's CPU seconds (all its processes) and the load
-average at the start and end. Then, on the trained model with the viewer's own thread: frames/s while the
+orbiting (moved through viser's API every 50 ms). Each run with a viewer sits between two runs without one
+(none, still, none, moving, ..., none; `--repeat N` times), and its share kept is against the mean of those
+two, which cancels a shared machine's drift. Reported per run: training steps/s (wall time between steps, the
+viewer's hook included) and the share kept, frames handed to viser, the seconds the hook took in the training
+thread, the browser's CPU seconds (all its processes) and the load average at the start and end. Then, on the trained model with the viewer's own thread: frames/s while the
 camera moves (reduced size) and the latency from the camera's last move to the full-size frame (`--resolution`
 a side). Needs chromium + chromium-driver and selenium (`ngraphics.viewer.browser`).
 
@@ -178,6 +178,23 @@ def _interactive_socket(viewer, orbit: _SocketOrbit, seconds: float = 5.0) -> di
             "client_still_to_full_s": (full.arrived - last) if full is not None else float("nan")}
 
 
+def bracketed_kept(rows: list[tuple[str, float]]) -> list[float | None]:
+    """Share of steps/s kept by each run with a viewer, against the mean of the runs without one ("none")
+    just before and after it, so that a machine whose speed drifts during the benchmark (a shared CPU) does
+    not count as the viewer's cost. rows: (case, steps/s) in the order run. Returns one value per row (None
+    for the "none" runs); a run with a "none" on one side only is compared with that one."""
+    out: list[float | None] = []
+    for j, (case, speed) in enumerate(rows):
+        if case == "none":
+            out.append(None)
+            continue
+        before = next((s for c, s in reversed(rows[:j]) if c == "none"), None)
+        after = next((s for c, s in rows[j + 1:] if c == "none"), None)
+        neighbours = [s for s in (before, after) if s is not None]
+        out.append(speed / float(np.mean(neighbours)) if neighbours else float("nan"))
+    return out
+
+
 class _Timed:
     """The viewer's hook, timed: seconds it took in the training thread."""
 
@@ -260,21 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     args.share = ViewerConfig().render_share if args.share is None else args.share
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeat):
-            for case in ("none", "still", "moving"):
-                rows.append((case, _train(args, Path(tmp), f"{case}{i}", None if case == "none" else case)))
-    base = float(np.mean([r["steps_per_s"] for case, r in rows if case == "none"]))
+        order = [case for _ in range(args.repeat) for case in ("none", "still", "none", "moving")] + ["none"]
+        for i, case in enumerate(order):
+            rows.append((case, _train(args, Path(tmp), f"{case}{i}", None if case == "none" else case)))
+    kept_of = bracketed_kept([(case, r["steps_per_s"]) for case, r in rows])
     print(f"render share {args.share:.0%}, {args.steps} steps, device {args.device}, {os.cpu_count()} CPUs, "
           f"client {args.client}")
     print("| client | steps/s | kept | frames sent | hook s (share of wall) | browser CPU s | load start-end |\n"
           "|---|---:|---:|---:|---:|---:|---|")
-    for case, r in rows:
+    for (case, r), kept in zip(rows, kept_of):
         hook = f"{r['hook_s']:.1f} ({r['hook_s'] / r['wall_s']:.1%})" if "hook_s" in r else "-"
         browser = f"{r['browser_cpu_s']:.1f}" if "browser_cpu_s" in r else "-"
-        print(f"| {case} | {r['steps_per_s']:.3f} | {r['steps_per_s'] / base:.1%} | {r.get('frames', '-')} | "
-              f"{hook} | {browser} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
-    kept = {case: np.mean([r["steps_per_s"] for c, r in rows if c == case]) / base for case in ("still", "moving")}
-    print(f"kept (mean over runs): still {kept['still']:.1%}, moving {kept['moving']:.1%}")
+        print(f"| {case} | {r['steps_per_s']:.3f} | {'-' if kept is None else f'{kept:.1%}'} | "
+              f"{r.get('frames', '-')} | {hook} | {browser} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+    kept = {case: np.mean([k for (c, _), k in zip(rows, kept_of) if c == case]) for case in ("still", "moving")}
+    print(f"kept (each run against the mean of the runs without a viewer just before and after it; mean over "
+          f"runs): still {kept['still']:.1%}, moving {kept['moving']:.1%}")
     r = next(r for case, r in rows if case == "still")
     if args.client == "socket":
         w, h = r["client_moving_size"]

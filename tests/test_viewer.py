@@ -508,6 +508,9 @@ def test_render_thread_sleeps_until_a_stopped_camera_counts_as_still(viewer):
     assert viewer._idle_wait() == 0.001  # overdue: at once
     view.sent_full = True
     assert viewer._idle_wait() == 0.05  # its full frame went out: nothing to wait for
+    view.sent_full = False
+    client.camera.image_width = 0
+    assert viewer._idle_wait() == 0.05  # a camera not ready gets no frame: no busy loop waiting for it
 
 
 @pytest.mark.parametrize("share", [0.001, 0.004, 0.03, 1.0])

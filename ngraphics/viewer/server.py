@@ -317,10 +317,12 @@ class Viewer:
         """How long the render thread may sleep when nothing is due: until the first browser whose camera
         stopped counts as still (its full frame is then due at once, not up to `longest` later), at most
         `longest` seconds (moves and setting changes wake it earlier)."""
+        if self._show.value != "picture":
+            return longest  # no pictures to send (a splat or mesh node shows)
         now = time.perf_counter()
         with self._views_lock:
             waits = [view.moved_at + self.config.still_after_s - now for view in self.views.values()
-                     if not view.sent_full]
+                     if not view.sent_full and view.client.camera.image_width > 0]
         return min([longest] + [max(w, 0.001) for w in waits])
 
     def _frame_pixels(self, full: bool, training: bool) -> float | None:

@@ -170,3 +170,62 @@ def test_nan_parameters_stop_at_the_next_refine_step():
     params["scales"].data[0] = float("inf")
     with pytest.raises(DataError, match=r"step 3: .*scales \(1\) of 4"):
         MCMCStrategy(refine_start=0, refine_every=3, noise_lr=0.0).step_post_backward(params, opt, {}, 3, {}, 1e-3)
+
+
+@pytest.mark.parametrize("refine_step", [600, 3100])
+def test_default_strategy_matches_gsplat(refine_step):
+    """The same state through gsplat 1.5.3's DefaultStrategy (the peer's code, pure torch on the CPU) and ours:
+    two views' screen-space gradients accumulated, then one refine step (clone, split with the same random
+    draws, prune; at step 3,100 also the too-large ones after the first opacity reset). The Gaussians and
+    their Adam moments must come out the same, row for row."""
+    gsplat_strategy = pytest.importorskip("gsplat.strategy")
+    N, C, W, H = 400, 2, 64, 48
+    g = torch.Generator().manual_seed(1)
+    raw = {"means": torch.randn(N, 3, generator=g),
+           # 40 % small (largest scale <= grow_scale3d x scene scale: cloned), the rest split, some too large
+           "scales": torch.log(torch.rand(N, 3, generator=g) * torch.where(torch.rand(N, 1, generator=g) < 0.4,
+                                                                           0.015, 0.3) + 1e-3),
+           "quats": torch.randn(N, 4, generator=g),
+           "opacities": torch.logit(torch.rand(N, generator=g) * 0.98 + 0.001),  # a few below prune_opa
+           "sh0": torch.rand(N, 1, 3, generator=g), "shN": torch.rand(N, 15, 3, generator=g)}
+    scene_scale = 2.0
+    grads = {k: torch.randn(v.shape, generator=g) for k, v in raw.items()}
+    views = [(torch.randn(C, N, 2, generator=g) * 3e-6, (torch.rand(C, N, generator=g) > 0.3).int() * 5)
+             for _ in range(2)]
+
+    def adam_step(params, optimizers):
+        for k, p in params.items():
+            p.grad = grads[k].clone()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    ours = {k: torch.nn.Parameter(v.clone()) for k, v in raw.items()}
+    our_opt = torch.optim.Adam([{"params": [p], "name": k, "lr": 1e-3} for k, p in ours.items()], eps=1e-15)
+    adam_step(ours, [our_opt])
+    theirs = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in raw.items()})
+    their_opts = {k: torch.optim.Adam([{"params": [p], "name": k, "lr": 1e-3}], eps=1e-15) for k, p in theirs.items()}
+    adam_step(theirs, their_opts.values())
+
+    strategy = DefaultStrategy()
+    state = strategy.initialize_state()
+    reference = gsplat_strategy.DefaultStrategy()
+    ref_state = reference.initialize_state(scene_scale=scene_scale)
+    for i, (grad2d, radii) in enumerate(views):
+        step = refine_step - 1 + i  # the second view lands on the refine step
+        means2d = torch.zeros(C, N, 2, requires_grad=True)
+        means2d.grad = grad2d.clone()
+        info = {"means2d": means2d, "radii": radii, "alpha": torch.zeros(C, H, W, 1)}
+        torch.manual_seed(7)
+        strategy.step_post_backward(ours, our_opt, state, step, info, scene_scale)
+        ref_means2d = torch.zeros(C, N, 2, requires_grad=True)
+        ref_means2d.grad = grad2d.clone()
+        ref_info = {"means2d": ref_means2d, "radii": radii[..., None].expand(C, N, 2).float(), "width": W,
+                    "height": H, "n_cameras": C, "gaussian_ids": None}
+        torch.manual_seed(7)
+        reference.step_post_backward(theirs, their_opts, ref_state, step, ref_info)
+    assert len(ours["means"]) == len(theirs["means"]) != N  # it refined
+    for k in raw:
+        torch.testing.assert_close(ours[k].detach(), theirs[k].detach())
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(our_opt.state[ours[k]][moment], their_opts[k].state[theirs[k]][moment])

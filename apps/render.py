@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         if image.is_cuda:
             torch.cuda.synchronize(image.device)
         seconds[0] += time.perf_counter() - start
-        return frame_picture(image.float().cpu(), args.output, out.get("alpha", [None])[0], depth_range)
+        alpha = out["alpha"][0].float().cpu() if "alpha" in out else None
+        return frame_picture(image.float().cpu(), args.output, alpha, depth_range)
 
     frames = tqdm((render(i) for i in range(len(cameras))), total=len(cameras), unit="frame", file=sys.stderr)
     if fmt == "mp4":
@@ -122,23 +123,22 @@ OUTPUTS = ("rgb", "depth", "alpha", "normal")
 def frame_picture(image, output: str, alpha, depth_range: list):
     """One frame of `--output` as an (H, W, 3) float picture in [0, 1]. image: the render's (H, W, k) output;
     alpha: its (H, W, 1) opacity (depth fades to black where nothing was hit) or None; depth_range: [] before
-    the first depth frame, which fills it with its 1st..99th percentiles, then reused (no flicker)."""
+    the first depth frame, which fills it with its 1st..99th percentiles, then reused (no flicker). CPU tensors."""
     import torch
 
+    from ngraphics.training.evaluation import normal_picture
+    from ngraphics.viewer.frames import depth_picture
     from ngraphics.viewer.frames import depth_range as percentiles
-    from ngraphics.viewer.frames import turbo
 
     if output == "rgb":
         return image.clamp(0, 1)
     if output == "normal":
-        return ((image + 1) * 0.5).clamp(0, 1)
+        return normal_picture(image)
     if output == "alpha":
         return image.clamp(0, 1).repeat(1, 1, 3)
     if not depth_range:
-        depth_range.append(percentiles(image, None if alpha is None else alpha.float().cpu()))
-    lo, hi = depth_range[0]
-    picture = torch.from_numpy(turbo(((image[..., 0] - lo) / max(hi - lo, 1e-8)).numpy())).float() / 255
-    return picture if alpha is None else picture * alpha.float().cpu().clamp(0, 1)
+        depth_range.append(percentiles(image, alpha))
+    return torch.from_numpy(depth_picture(image, alpha, depth_range[0])).float() / 255
 
 
 def _run_folder(args: argparse.Namespace):

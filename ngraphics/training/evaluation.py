@@ -76,7 +76,12 @@ def _write_view(out_dir: Path, name: str, out: dict[str, torch.Tensor]) -> None:
     if "depth" in out:
         write_image(out_dir / f"{name}_depth.png", normalise_depth(out["depth"][..., 0]))
     if "normal" in out:
-        write_image(out_dir / f"{name}_normal.png", ((out["normal"] + 1) * 0.5).clamp(0, 1))
+        write_image(out_dir / f"{name}_normal.png", normal_picture(out["normal"]))
+
+
+def normal_picture(normal: torch.Tensor) -> torch.Tensor:
+    """Unit normals (H, W, 3) in [-1, 1] as a picture in [0, 1]: (n + 1) / 2."""
+    return ((normal + 1) * 0.5).clamp(0, 1)
 
 
 def normalise_depth(depth: torch.Tensor) -> torch.Tensor:
@@ -96,4 +101,4 @@ def _subset(scene: SceneData, views: list[int]) -> SceneData:
                    masks=pick(scene.masks), depths=pick(scene.depths))
 
 
-__all__ = ["BACKGROUNDS", "evaluate_method", "normalise_depth"]
+__all__ = ["BACKGROUNDS", "evaluate_method", "normal_picture", "normalise_depth"]

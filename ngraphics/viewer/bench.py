@@ -9,9 +9,9 @@ orbiting (moved through viser's API every 50 ms). Each run with a viewer sits be
 (none, still, none, moving, ..., none; `--repeat N` times), and its share kept is against the mean of those
 two, which cancels a shared machine's drift. Reported per run: training steps/s (wall time between steps, the
 viewer's hook included) and the share kept, frames handed to viser, the seconds the hook took in the training
-thread, the browser's CPU seconds (all its processes) and the load average at the start and end. Then, on the trained model with the viewer's own thread: frames/s while the
-camera moves (reduced size) and the latency from the camera's last move to the full-size frame (`--resolution`
-a side). Needs chromium + chromium-driver and selenium (`ngraphics.viewer.browser`).
+thread, the browser's CPU seconds (all its processes) and the load average at the start and end. Then, on the
+trained model with the viewer's own thread: frames/s while the camera moves (reduced size) and the latency
+from the camera's last move to the full-size frame (`--resolution` a side). Needs chromium + chromium-driver and selenium (`ngraphics.viewer.browser`).
 
 `--client socket` replaces the browser by `ngraphics.viewer.socket_client` (viser's websocket protocol spoken
 from Python: no browser to install, none drawing on the CPU). Its camera moves 60 times a second in the
@@ -34,21 +34,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _orbit(viewer, stop: threading.Event, centre: np.ndarray, period_s: float = 0.05) -> None:
-    c, s = np.cos(0.05), np.sin(0.05)  # about 3 degrees a move, around the vertical through the centre
-    while not stop.is_set():
-        for view in list(viewer.views.values()):
-            cam = view.client.camera
-            offset = np.asarray(cam.position) - centre
-            cam.position = centre + np.array([c * offset[0] - s * offset[1], s * offset[0] + c * offset[1], offset[2]])
-            cam.look_at = centre
-        stop.wait(period_s)
-
-
 def _rotate(offset: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     """`offset` (3,) turned by `angle` radians about the unit vector `axis` (3,) (Rodrigues)."""
     c, s = np.cos(angle), np.sin(angle)
     return offset * c + np.cross(axis, offset) * s + axis * np.dot(axis, offset) * (1 - c)
+
+
+def _orbit(viewer, stop: threading.Event, centre: np.ndarray, period_s: float = 0.05) -> None:
+    """Every browser's camera through viser's API: 0.05 rad (about 3 degrees) a move about the world's z axis
+    through the centre, every `period_s`."""
+    z = np.array([0.0, 0.0, 1.0])
+    while not stop.is_set():
+        for view in list(viewer.views.values()):
+            cam = view.client.camera
+            cam.position = centre + _rotate(np.asarray(cam.position) - centre, z, 0.05)
+            cam.look_at = centre
+        stop.wait(period_s)
 
 
 class _SocketOrbit:
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=None, help="render share (default: the viewer's)")
     parser.add_argument("--resolution", type=int, default=256, help="longer side of a full frame")
     parser.add_argument("--port", type=int, default=8490)
-    parser.add_argument("--repeat", type=int, default=1, help="run the three cases this many times, interleaved")
+    parser.add_argument("--repeat", type=int, default=1, help="run the block none, still, none, moving this many times (then a last none)")
     parser.add_argument("--client", choices=("browser", "socket"), default="browser",
                         help="browser: headless Chromium through Selenium; socket: the browserless viser client "
                              "(ngraphics.viewer.socket_client), for machines without a browser")

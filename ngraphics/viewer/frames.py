@@ -127,7 +127,16 @@ def display_image(image: torch.Tensor, coverage: torch.Tensor | None = None) -> 
     if float(x.min()) >= 0 and float(x.max()) <= 1:
         grey = (x.numpy() * 255 + 0.5).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
-    lo, hi = depth_range(image, coverage)
+    return depth_picture(image, coverage)
+
+
+def depth_picture(depth: torch.Tensor, coverage: torch.Tensor | None = None,
+                  value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """A one-channel image (H, W, 1) through the turbo colour map, stretched over `value_range` (default: its
+    `depth_range`; pass one range to keep a video's frames alike) and darkened by `coverage` (H, W, 1) (black
+    where nothing was hit). Returns (H, W, 3) uint8."""
+    lo, hi = depth_range(depth, coverage) if value_range is None else value_range
+    x = depth.detach().float().cpu()[..., 0]
     picture = turbo(((x - lo) / max(hi - lo, 1e-8)).numpy())
     if coverage is not None:  # fades to black where nothing was hit
         weight = coverage[..., 0].cpu().clamp(0, 1).numpy()[..., None]
@@ -194,5 +203,6 @@ class Pace:
         return None if self.pixels_per_s == 0 else self.pixels_per_s * seconds
 
 
-__all__ = ["Pace", "RenderBudget", "camera_pose", "crop_mask", "depth_range", "display_image", "frame_size",
+__all__ = ["Pace", "RenderBudget", "camera_pose", "crop_mask", "depth_picture", "depth_range", "display_image",
+           "frame_size",
            "pinhole", "turbo"]

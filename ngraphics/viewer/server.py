@@ -300,9 +300,14 @@ class Viewer:
             alpha = inside.float() if alpha is None else alpha * inside
         return display_image(image, alpha if mode != "rgb" else None), out
 
+    def _gets_pictures(self, view: _ClientView) -> bool:
+        """Whether a browser is sent rendered pictures: its camera has reported its canvas, and no splat or
+        mesh node shows instead."""
+        return view.client.camera.image_width > 0 and self._show.value == "picture"
+
     def _due(self, view: _ClientView, now: float) -> tuple[bool, bool]:
         """(render now?, at full size?) for one browser."""
-        if view.client.camera.image_width <= 0 or self._show.value != "picture":
+        if not self._gets_pictures(view):
             return False, False
         still = now - view.moved_at >= self.config.still_after_s
         if view.version != view.sent_version:
@@ -317,12 +322,10 @@ class Viewer:
         """How long the render thread may sleep when nothing is due: until the first browser whose camera
         stopped counts as still (its full frame is then due at once, not up to `longest` later), at most
         `longest` seconds (moves and setting changes wake it earlier)."""
-        if self._show.value != "picture":
-            return longest  # no pictures to send (a splat or mesh node shows)
         now = time.perf_counter()
         with self._views_lock:
             waits = [view.moved_at + self.config.still_after_s - now for view in self.views.values()
-                     if not view.sent_full and view.client.camera.image_width > 0]
+                     if not view.sent_full and self._gets_pictures(view)]
         return min([longest] + [max(w, 0.001) for w in waits])
 
     def _frame_pixels(self, full: bool, training: bool) -> float | None:

@@ -538,3 +538,16 @@ def test_bench_compares_each_viewer_run_with_the_runs_around_it():
                            ("none", speeds[4]), ("still", 3.0)])
     assert kept[0] is None and kept[2] is None and kept[4] is None
     assert kept[1] == pytest.approx(0.9) and kept[3] == pytest.approx(1.0) and kept[5] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("max_resolution", [32, 4096])
+def test_viewer_takes_resolutions_outside_its_sliders_usual_range(scene, tmp_path, max_resolution):
+    """A max resolution of 32 (the config allows >= 8) once crashed viser's 64..2048 slider."""
+    from ngraphics.viewer import Viewer
+
+    v = Viewer(Gradient(), scene, tmp_path, ViewerConfig(port=_free_port(), thumbnail=0,
+                                                        max_resolution=max_resolution, mesh_resolution=8))
+    try:
+        assert v._max_res.value == max_resolution
+    finally:
+        v.close()

@@ -55,6 +55,12 @@ def initial_position(origins: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return centre + 0.8 * float(np.linalg.norm(offsets[[0, near]], axis=1).mean()) * direction
 
 
+def _slider(gui, label: str, lo: float, hi: float, step: float, value: float):
+    """A GUI slider over [lo, hi], widened to hold `value` (viser refuses an initial value outside the range,
+    and a config may ask for, e.g., frames smaller than the slider's usual 64 pixels)."""
+    return gui.add_slider(label, min(lo, value), max(hi, value), step, value)
+
+
 def _offers(method, hook: str) -> bool:
     """Whether `method` implements one of `Method`'s optional display hooks (its default returns None)."""
     return getattr(type(method), hook, None) not in (None, getattr(Method, hook))
@@ -172,12 +178,12 @@ class Viewer:
         self._show.on_update(lambda event: self._request("show", event.client))
         self._mesh_res = None
         if "mesh" in shows:
-            self._mesh_res = gui.add_slider("Mesh resolution", 16, 512, 16, self.config.mesh_resolution)
+            self._mesh_res = _slider(gui, "Mesh resolution", 16, 512, 16, self.config.mesh_resolution)
         if len(shows) > 1:
             gui.add_button("Update splats / mesh").on_click(lambda event: self._request("show", event.client))
         self._frustums = gui.add_checkbox("Training cameras", True)
         self._frustums.on_update(lambda _: self._show_frustums())
-        self._max_res = gui.add_slider("Max resolution", 64, 2048, 32, self.config.max_resolution)
+        self._max_res = _slider(gui, "Max resolution", 64, 2048, 32, self.config.max_resolution)
         self._max_res.on_update(lambda _: self._changed())
         times = self.scene.times
         self._time = None
